@@ -1,0 +1,112 @@
+"""
+The resource tree: every application's tables and custom resources, with
+the WebSocket upgrade and SSE streams on the same URLs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web import server
+
+from yeti.config import AppConfig, ServerConfig
+from yeti.errors import BadRequest, ConfigError
+from yeti.pubsub import PubSub
+from yeti.resources import AppContext, Resource, TableResource, load_resources
+from yeti.rest import AppResource, Cors, Endpoint, InFlight, RootResource
+from yeti.sse import SSEStreams
+from yeti.storage import IStorage
+from yeti.tables import TableAccess
+from yeti.websocket import YetiWebSocketFactory
+
+
+@dataclass
+class App:
+    """An application at run time: its context and its resources by URL name."""
+
+    config: AppConfig
+    context: AppContext
+    resources: dict[str, Resource]
+
+
+def build_app(app: AppConfig, storage: IStorage, pubsub: PubSub, clock: IReactorTime) -> App:
+    """Make the table accessors and resources of one application."""
+    tables = {t.name: TableAccess(t, storage, pubsub, clock) for t in app.tables}
+    context = AppContext(app.app_id, tables, pubsub, app.custom)
+    classes = load_resources(app)
+    overrides: dict[str, type[TableResource]] = {}
+    resources: dict[str, Resource] = {}
+    for cls in classes:
+        if issubclass(cls, TableResource):
+            if cls.table_name() not in tables:
+                raise ConfigError(
+                    f"{app.directory}: resource {cls.__name__} extends unknown table "
+                    f"'{cls.table_name()}'"
+                )
+            overrides[cls.table_name()] = cls
+    for table in app.tables:
+        if table.exported:
+            cls = overrides.get(table.name, TableResource)
+            resources[table.path] = cls(context, tables[table.name])
+    for cls in classes:
+        if not issubclass(cls, TableResource):
+            # custom resources take precedence over tables of the same name
+            resources[cls.url_name()] = cls(context)
+    return App(app, context, resources)
+
+
+def topic_check(target: Resource, topic: str) -> None:
+    """
+    A WebSocket client may use custom topics and the topics of tables that
+    have WebSocket enabled in its own application; nothing else.
+    """
+    table_name = topic.split("/", 1)[0]
+    access = target.app.tables.get(table_name)
+    if access is not None and not (access.table.exported and access.table.ws):
+        raise BadRequest(f"topic '{topic}' is not available over WebSocket")
+
+
+def make_site(
+    config: ServerConfig,
+    apps: list[App],
+    ws_factory: YetiWebSocketFactory,
+    sse: SSEStreams,
+    in_flight: InFlight,
+) -> server.Site:
+    """Build the site: C{/{app_id}/{name}[/{id}]} for every app."""
+    cors = Cors(config.http)
+    roots: dict[str, AppResource] = {}
+    for app in apps:
+        endpoints = {
+            name: Endpoint(target, config.http, cors, in_flight, ws_factory.upgrade, sse)
+            for name, target in app.resources.items()
+        }
+        # /{app_id}/{table or resource}[/{id}]: REST, WebSocket upgrade, SSE
+        roots[app.config.app_id] = AppResource(endpoints, cors)
+    site = server.Site(RootResource(roots, cors))
+    site.displayTracebacks = False
+    return site
+
+
+def health_report(
+    apps: list[App], ws_factory: YetiWebSocketFactory, sse: SSEStreams
+) -> dict[str, Any]:
+    """What C{/health} shows besides C{status}."""
+    return {
+        "applications": [
+            {
+                "app_id": app.config.app_id,
+                "tables": [t.name for t in app.config.tables],
+                "resources": sorted(app.resources),
+                "topics": app.context.pubsub.topic_count(),
+                "subscribers": app.context.pubsub.subscriber_count(),
+                "lagged": app.context.pubsub.lagged_count,
+            }
+            for app in apps
+        ],
+        "connections": {"websocket": len(ws_factory.protocols), "sse": len(sse.streams)},
+        "topics": sum(a.context.pubsub.topic_count() for a in apps),
+        "subscribers": sum(a.context.pubsub.subscriber_count() for a in apps),
+    }

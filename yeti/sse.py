@@ -1,0 +1,156 @@
+"""
+Server-Sent Events on table and record URLs (C{?stream=sse} or
+C{Accept: text/event-stream}).
+
+Each stream subscribes to the URL's topic.  Frames are built once per event
+and cached on it.  The stream is the request's push producer, so a client
+that stops reading fills at most C{ws.queueSize} queued events before it is
+cut off, like a WebSocket.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import orjson
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web import server
+from twisted.web.iweb import IRequest
+
+from yeti.config import SSEConfig
+from yeti.pubsub import DELETE, PUBLISH, RETAINED, UPDATE, Event, PubSub
+from yeti.resources import Resource
+
+_log = Logger()
+
+CONNECTED = b'event: message\ndata: {"type":"connected","status":"ok"}\n\n'
+_EVENT_NAMES = {UPDATE: b"update", DELETE: b"delete", PUBLISH: b"publish", RETAINED: b"message"}
+
+
+def sse_frame(event: Event) -> bytes:
+    """One event in C{text/event-stream} framing."""
+    name = _EVENT_NAMES[event.message_type]
+    data = event.data if event.message_type != DELETE else {"id": event.id}
+    frame = b"event: " + name + b"\n"
+    if event.message_type != PUBLISH:
+        frame += b"id: " + _id_line(event.id) + b"\n"
+    return frame + b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _id_line(value: Any) -> bytes:
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return text.replace("\r", "").replace("\n", "").replace("\x00", "").encode("utf-8")
+
+
+class SSEStream:
+    """One client's event stream: a PubSub subscriber and a push producer."""
+
+    def __init__(self, request: IRequest, pubsub: PubSub, streams: SSEStreams) -> None:
+        self._request = request
+        self._pubsub = pubsub
+        self._streams = streams
+        self.topics: list[str] = []
+        self._queue: deque[Event] = deque()
+        self._paused = False
+        self._holding = True
+        self._last: Event | None = None
+        self._open = True
+        self._ping = LoopingCall(self._write, b"event: ping\ndata: {}\n\n")
+        self._ping.clock = streams.clock
+
+    def start(self, topic: str, retained: Deferred[Event | None]) -> None:
+        request = self._request
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache, no-transform")
+        request.setHeader(b"x-accel-buffering", b"no")
+        request.registerProducer(self, True)
+        request.notifyFinish().addBoth(self._finished)
+        self.topics.append(topic)
+        self._pubsub.subscribe(topic, self)
+        self._write(CONNECTED)
+        retained.addCallback(self._send_retained)
+        retained.addErrback(self._retained_failed)
+        self._ping.start(self._streams.config.ping_interval, now=False)
+
+    def _send_retained(self, event: Event | None) -> None:
+        if event is not None:
+            self._write(sse_frame(event))
+        self._holding = False
+        self._flush()
+
+    def _retained_failed(self, failure: Any) -> None:
+        _log.failure("reading the retained record failed", failure)
+        self.close()
+
+    def deliver(self, event: Event) -> None:
+        if event is self._last or not self._open:
+            return
+        self._last = event
+        if self._paused or self._holding or self._queue:
+            if len(self._queue) >= self._pubsub.queue_size:
+                self._pubsub.lagged(self, self.topics)
+                self.topics = []
+                self._write(b'event: error\ndata: {"error":"subscriber lagged behind"}\n\n')
+                self.close()
+                return
+            self._queue.append(event)
+            return
+        self._write(event.encoded(sse_frame, sse_frame))
+
+    def _flush(self) -> None:
+        while self._queue and not self._paused and not self._holding and self._open:
+            self._write(self._queue.popleft().encoded(sse_frame, sse_frame))
+
+    def _write(self, data: bytes) -> None:
+        if self._open:
+            self._request.write(data)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    def close(self) -> None:
+        """End the stream from our side."""
+        if self._open:
+            self._request.unregisterProducer()
+            self._request.finish()
+
+    def _finished(self, _: Any) -> None:
+        self._open = False
+        if self._ping.running:
+            self._ping.stop()
+        for topic in self.topics:
+            self._pubsub.unsubscribe(topic, self)
+        self.topics = []
+        self._queue.clear()
+        self._streams.streams.discard(self)
+
+
+class SSEStreams:
+    """Starts streams for requests and keeps the open ones (for shutdown and health)."""
+
+    def __init__(self, config: SSEConfig, clock: IReactorTime) -> None:
+        self.config = config
+        self.clock = clock
+        self.streams: set[SSEStream] = set()
+
+    def __call__(self, request: IRequest, target: Resource, path_id: str | None) -> int:
+        topic = target.topic(path_id)
+        stream = SSEStream(request, target.app.pubsub, self)
+        self.streams.add(stream)
+        stream.start(topic, Deferred.fromCoroutine(target.retained(path_id)))
+        return server.NOT_DONE_YET
+
+    def close_all(self) -> None:
+        for stream in list(self.streams):
+            stream.close()
