@@ -182,7 +182,9 @@ class ServerConfigTests(_ConfigTestCase):
         """
         A key given twice is an error, not a silent override.
         """
-        self.assertError("http:\n  port: 1\n  port: 2\n", self.config + ":3", "duplicate key 'port'")
+        self.assertError(
+            "http:\n  port: 1\n  port: 2\n", self.config + ":3", "duplicate key 'port'"
+        )
 
     def test_not_mapping(self) -> None:
         """
@@ -239,7 +241,9 @@ class ServerConfigTests(_ConfigTestCase):
         self.assertEqual(self.load("operationsApi:\n  port: 65535\n").operations_api.port, 65535)
         self.assertError("http:\n  port: 65536\n", self.config, "http.port: expected a port number")
         self.assertError(
-            "operationsApi:\n  port: -1\n", self.config, "operationsApi.port: expected a port number"
+            "operationsApi:\n  port: -1\n",
+            self.config,
+            "operationsApi.port: expected a port number",
         )
 
     def test_tls_pairs(self) -> None:

@@ -54,14 +54,14 @@ class ParameterTests(SynchronousTestCase):
         """Parameters are taken out; FIQL parts are ANDed."""
         query = parse_query(
             self.table,
-            "price=gt=10&category==hardware&limit=5&sort=-price,name"
-            "&select=id,name&offset=2",
+            "price=gt=10&category==hardware&limit=5&sort=-price,name&select=id,name&offset=2",
         )
         self.assertEqual(
             query,
             Query(
-                filter=And((Comparison("price", "gt", 10.0),
-                            Comparison("category", "eq", "hardware"))),
+                filter=And(
+                    (Comparison("price", "gt", 10.0), Comparison("category", "eq", "hardware"))
+                ),
                 sort=(("price", True), ("name", False)),
                 limit=5,
                 offset=2,
@@ -84,8 +84,12 @@ class ParameterTests(SynchronousTestCase):
         query = parse_query(self.table, "name==a|name==b&filter=price=lt=5")
         self.assertEqual(
             query.filter,
-            And((Or((Comparison("name", "eq", "a"), Comparison("name", "eq", "b"))),
-                 Comparison("price", "lt", 5.0))),
+            And(
+                (
+                    Or((Comparison("name", "eq", "a"), Comparison("name", "eq", "b"))),
+                    Comparison("price", "lt", 5.0),
+                )
+            ),
         )
 
     def test_function_style(self) -> None:
@@ -108,15 +112,29 @@ class ParameterTests(SynchronousTestCase):
         """limit is 0..2**63-1; negative, fractional or larger is an error."""
         self.assertEqual(parse_query(self.table, "limit=0").limit, 0)
         self.assertEqual(parse_query(self.table, f"limit={2**63 - 1}").limit, 2**63 - 1)
-        for bad in ("limit=-1", "limit=1.5", f"limit={2**63}", "limit=", "limit=x",
-                    "limit=%EF%BC%91", "limit=1_0", "offset=-3", "offset=a",
-                    "limit(1,2,3)", "limit(a)"):
+        for bad in (
+            "limit=-1",
+            "limit=1.5",
+            f"limit={2**63}",
+            "limit=",
+            "limit=x",
+            "limit=%EF%BC%91",
+            "limit=1_0",
+            "offset=-3",
+            "offset=a",
+            "limit(1,2,3)",
+            "limit(a)",
+        ):
             self.assertRaises(FiqlError, parse_query, self.table, bad)
 
     def test_duplicate_parameter(self) -> None:
         """A parameter given twice is an error."""
-        for bad in ("limit=1&limit=2", "limit(1,2)&offset=3", "offset=3&limit(1,2)",
-                    "sort=name&sort(name)"):
+        for bad in (
+            "limit=1&limit=2",
+            "limit(1,2)&offset=3",
+            "offset=3&limit(1,2)",
+            "sort=name&sort(name)",
+        ):
             self.assertRaises(FiqlError, parse_query, self.table, bad)
 
     def test_sort_and_select(self) -> None:
@@ -155,15 +173,25 @@ class FilterSyntaxTests(SynchronousTestCase):
     def test_operators(self) -> None:
         """Each operator spelling maps to its op name."""
         cases = {
-            "price==1": ("eq", 1.0), "price===1": ("eq", 1.0), "price!=1": ("ne", 1.0),
-            "price=gt=1": ("gt", 1.0), "price>1": ("gt", 1.0),
-            "price=ge=1": ("ge", 1.0), "price>=1": ("ge", 1.0),
-            "price=lt=1": ("lt", 1.0), "price<1": ("lt", 1.0),
-            "price=le=1": ("le", 1.0), "price<=1": ("le", 1.0),
-            "name=ct=Wid": ("ct", "Wid"), "name=sw=Ul": ("sw", "Ul"),
-            "name=ew=Pro": ("ew", "Pro"), "name=~=^Ultra.*": ("regex", "^Ultra.*"),
-            "price=in=1,2": ("in", (1.0, 2.0)), "price=out=(1,2)": ("out", (1.0, 2.0)),
-            "price=gele=1,2": ("gele", (1.0, 2.0)), "price=gtlt=1,2": ("gtlt", (1.0, 2.0)),
+            "price==1": ("eq", 1.0),
+            "price===1": ("eq", 1.0),
+            "price!=1": ("ne", 1.0),
+            "price=gt=1": ("gt", 1.0),
+            "price>1": ("gt", 1.0),
+            "price=ge=1": ("ge", 1.0),
+            "price>=1": ("ge", 1.0),
+            "price=lt=1": ("lt", 1.0),
+            "price<1": ("lt", 1.0),
+            "price=le=1": ("le", 1.0),
+            "price<=1": ("le", 1.0),
+            "name=ct=Wid": ("ct", "Wid"),
+            "name=sw=Ul": ("sw", "Ul"),
+            "name=ew=Pro": ("ew", "Pro"),
+            "name=~=^Ultra.*": ("regex", "^Ultra.*"),
+            "price=in=1,2": ("in", (1.0, 2.0)),
+            "price=out=(1,2)": ("out", (1.0, 2.0)),
+            "price=gele=1,2": ("gele", (1.0, 2.0)),
+            "price=gtlt=1,2": ("gtlt", (1.0, 2.0)),
         }
         for text, (op, value) in cases.items():
             node = self.parse(text)
@@ -185,23 +213,33 @@ class FilterSyntaxTests(SynchronousTestCase):
         expected = Or((a, And((b, c))))
         self.assertEqual(self.parse("name==a|name==b;name==c"), expected)
         self.assertEqual(self.parse("name==a,name==b&name==c"), expected)
-        self.assertEqual(
-            parse_query(self.table, "name==a|name==b&name==c").filter, expected
-        )
+        self.assertEqual(parse_query(self.table, "name==a|name==b&name==c").filter, expected)
 
     def test_parentheses_and_negation(self) -> None:
         """Parentheses group; C{!(...)} negates."""
         node = parse_query(self.table, "!(price=gt=100)&(name==a|name==b)").filter
         self.assertEqual(
             node,
-            And((Not(Comparison("price", "gt", 100.0)),
-                 Or((Comparison("name", "eq", "a"), Comparison("name", "eq", "b"))))),
+            And(
+                (
+                    Not(Comparison("price", "gt", 100.0)),
+                    Or((Comparison("name", "eq", "a"), Comparison("name", "eq", "b"))),
+                )
+            ),
         )
 
     def test_unbalanced(self) -> None:
         """Missing or extra parentheses and dangling operators are errors."""
-        for bad in ("(name==a", "name==a)", "name==a|", "&name==a", "()", "!name==a",
-                    "name==a&&name==b", "price=in=(1,2"):
+        for bad in (
+            "(name==a",
+            "name==a)",
+            "name==a|",
+            "&name==a",
+            "()",
+            "!name==a",
+            "name==a&&name==b",
+            "price=in=(1,2",
+        ):
             self.assertRaises(FiqlError, self.parse, bad)
 
     def test_in_list_ends_at_next_term(self) -> None:
@@ -225,8 +263,9 @@ class FilterSyntaxTests(SynchronousTestCase):
         self.assertEqual(self.parse("name==Ultra*"), Comparison("name", "sw", "Ultra"))
         self.assertEqual(self.parse("name==*Pro"), Comparison("name", "ew", "Pro"))
         self.assertEqual(self.parse("name==*Widget*"), Comparison("name", "ct", "Widget"))
-        self.assertEqual(self.parse("name==a*b.c"),
-                         Comparison("name", "regex", "(?s)\\Aa.*b\\.c\\Z"))
+        self.assertEqual(
+            self.parse("name==a*b.c"), Comparison("name", "regex", "(?s)\\Aa.*b\\.c\\Z")
+        )
         self.assertEqual(self.parse("name!=Ultra*"), Not(Comparison("name", "sw", "Ultra")))
         self.assertEqual(self.parse("name===Ultra*"), Comparison("name", "eq", "Ultra*"))
         self.assertEqual(self.parse("name==Ultra%2A"), Comparison("name", "eq", "Ultra*"))
@@ -240,12 +279,13 @@ class FilterSyntaxTests(SynchronousTestCase):
 
     def test_percent_decoding(self) -> None:
         """Values and names decode after tokenising; + stays a plus."""
-        self.assertEqual(self.parse("name==a%26b%20c+d%2Ce"),
-                         Comparison("name", "eq", "a&b c+d,e"))
+        self.assertEqual(self.parse("name==a%26b%20c+d%2Ce"), Comparison("name", "eq", "a&b c+d,e"))
         self.assertEqual(self.parse("n%61me==%C3%A9"), Comparison("name", "eq", "\u00e9"))
         self.assertRaises(FiqlError, self.parse, "name==%FF")
-        self.assertEqual(parse_query(self.table, "name==a%26limit=5"),
-                         Query(filter=Comparison("name", "eq", "a&limit=5")))
+        self.assertEqual(
+            parse_query(self.table, "name==a%26limit=5"),
+            Query(filter=Comparison("name", "eq", "a&limit=5")),
+        )
 
     def test_empty_value_is_empty_string(self) -> None:
         """C{name==} compares with the empty string."""
@@ -265,8 +305,17 @@ class CoercionTests(SynchronousTestCase):
         """Int fields take signed 64-bit integers only."""
         self.assertEqual(self.parse("quantity==-5"), Comparison("quantity", "eq", -5))
         self.assertEqual(self.parse(f"quantity=le={2**63 - 1}").value, 2**63 - 1)
-        for bad in ("1.5", "x", f"{2**63}", f"{-(2**63) - 1}", "1e3", "", "%D9%A1", "1_0",
-                    "9" * 5000):
+        for bad in (
+            "1.5",
+            "x",
+            f"{2**63}",
+            f"{-(2**63) - 1}",
+            "1e3",
+            "",
+            "%D9%A1",
+            "1_0",
+            "9" * 5000,
+        ):
             self.assertRaises(FiqlError, self.parse, f"quantity=={bad}")
 
     def test_float(self) -> None:
@@ -334,10 +383,54 @@ class ComplexityTests(SynchronousTestCase):
 
 
 QUERY_ALPHABET = st.sampled_from(
-    ["price", "name", "quantity", "tags", "inStock", "bogus", "==", "===", "!=", "=gt=",
-     "=in=", "=gele=", "=~=", "=ct=", "=x=", ">", "<=", "&", ";", "|", ",", "(", ")", "!",
-     "*", "null", "true", "1", "-2.5", "a", "%", "%2", "%FF", "%26", "+", "=", "limit=",
-     "offset=", "sort=-", "select=", "filter=", "stream=", "limit(", "\x00", "\u00e9", "["]
+    [
+        "price",
+        "name",
+        "quantity",
+        "tags",
+        "inStock",
+        "bogus",
+        "==",
+        "===",
+        "!=",
+        "=gt=",
+        "=in=",
+        "=gele=",
+        "=~=",
+        "=ct=",
+        "=x=",
+        ">",
+        "<=",
+        "&",
+        ";",
+        "|",
+        ",",
+        "(",
+        ")",
+        "!",
+        "*",
+        "null",
+        "true",
+        "1",
+        "-2.5",
+        "a",
+        "%",
+        "%2",
+        "%FF",
+        "%26",
+        "+",
+        "=",
+        "limit=",
+        "offset=",
+        "sort=-",
+        "select=",
+        "filter=",
+        "stream=",
+        "limit(",
+        "\x00",
+        "\u00e9",
+        "[",
+    ]
 )
 
 

@@ -5,7 +5,7 @@ Tests for L{yeti.records}.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from twisted.trial.unittest import TestCase
 
@@ -126,7 +126,9 @@ class ValidateRecordTests(TestCase):
         """
         An empty string primary key cannot be addressed by URL and is refused.
         """
-        self.assertInvalid({"id": "", "title": "x"}, "field 'id' (the primary key) may not be empty")
+        self.assertInvalid(
+            {"id": "", "title": "x"}, "field 'id' (the primary key) may not be empty"
+        )
 
     def test_type_errors(self) -> None:
         """
@@ -211,7 +213,9 @@ class ValidateRecordTests(TestCase):
             validate_record(self.product, {"price": 2.0}, partial=True), {"price": 2.0}
         )
         self.assertInvalid({"title": None}, "field 'title' may not be null", partial=True)
-        self.assertInvalid({"price": "x"}, "field 'price' must be a Float, got string", partial=True)
+        self.assertInvalid(
+            {"price": "x"}, "field 'price' must be a Float, got string", partial=True
+        )
         self.assertInvalid({"nope": 1}, "unknown field 'nope'", partial=True)
 
 
@@ -222,7 +226,7 @@ class StampTests(TestCase):
 
     def setUp(self) -> None:
         self.tables = _tables()
-        self.now = datetime(2025, 1, 15, 10, 30, 0, 123456, tzinfo=timezone.utc)
+        self.now = datetime(2025, 1, 15, 10, 30, 0, 123456, tzinfo=UTC)
 
     def test_created_string(self) -> None:
         """

@@ -80,7 +80,7 @@ def _issue(
     ca: bool,
 ) -> x509.Certificate:
     """A certificate for C{subject}'s C{key}, signed by C{issuer_key}."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
@@ -90,9 +90,7 @@ def _issue(
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
             critical=False,
@@ -154,9 +152,7 @@ class EnsureCertificateTests(TestCase):
         self.assertEqual(stat.S_IMODE(os.stat(key_path).st_mode), 0o600)
         with open(key_path, "rb") as f:
             self.assertIn(b"-----BEGIN PRIVATE KEY-----", f.read())
-        self.assertEqual(
-            [n for n in os.listdir(self.directory) if n.startswith(".")], []
-        )
+        self.assertEqual([n for n in os.listdir(self.directory) if n.startswith(".")], [])
 
     def test_reuses(self) -> None:
         """
@@ -200,7 +196,7 @@ class EnsureCertificateTests(TestCase):
             set(san.get_values_for_type(x509.IPAddress)),
             {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")},
         )
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.assertLess(cert.not_valid_before_utc, now)
         lifetime = cert.not_valid_after_utc - now
         self.assertGreater(lifetime, datetime.timedelta(days=360))

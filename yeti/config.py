@@ -14,8 +14,9 @@ import glob
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -340,7 +341,7 @@ def parse_config(data: Any, path: str) -> ServerConfig:
             values[attr] = _checked(check, value, path, key)
         else:
             raise ConfigError(f"{path}: unknown key {_show(key)}")
-    for key, (cls, attr, _spec) in _SECTIONS.items():
+    for cls, attr, _spec in _SECTIONS.values():
         values.setdefault(attr, cls())
     tls = _tls(values["tls"], base, path)
     root = _resolve(base, values.get("root_directory", "."))
@@ -381,9 +382,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     return loader.construct_mapping(node)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _read_yaml(path: str) -> Any:
@@ -395,7 +394,7 @@ def _read_yaml(path: str) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {_reason(e)}") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -453,13 +452,14 @@ def _resolve(base: str, path: str) -> str:
 def _tls(tls: TLSConfig, base: str, path: str) -> TLSConfig:
     if (tls.private_key is None) != (tls.certificate is None):
         given, missing = (
-            ("privateKey", "certificate") if tls.certificate is None else ("certificate", "privateKey")
+            ("privateKey", "certificate")
+            if tls.certificate is None
+            else ("certificate", "privateKey")
         )
         raise ConfigError(f"{path}: tls.{missing}: required when tls.{given} is given")
     if tls.enabled and not tls.auto_generate and tls.private_key is None:
         raise ConfigError(
-            f"{path}: tls: give privateKey and certificate, or set autoGenerate or "
-            "enabled to false"
+            f"{path}: tls: give privateKey and certificate, autoGenerate: true or enabled: false"
         )
     if tls.private_key is None or tls.certificate is None:
         return tls
@@ -470,9 +470,7 @@ def _tls(tls: TLSConfig, base: str, path: str) -> TLSConfig:
     )
 
 
-def _application(
-    entry: str, key: str, base: str, server_path: str
-) -> tuple[AppConfig, str] | None:
+def _application(entry: str, key: str, base: str, server_path: str) -> tuple[AppConfig, str] | None:
     """Load one application directory: (app, its config path), L{None} if disabled."""
     directory = os.path.normpath(os.path.join(base, os.path.expanduser(entry)))
     if not os.path.isdir(directory):
@@ -570,9 +568,7 @@ def _check_unique(apps: list[tuple[AppConfig, str]]) -> None:
         for table in app.tables:
             where = f"{table.source}: table {table.name}"
             if not _NAME.fullmatch(table.database):
-                raise ConfigError(
-                    f"{where}: database {table.database!r} must match [A-Za-z0-9_-]+"
-                )
+                raise ConfigError(f"{where}: database {table.database!r} must match [A-Za-z0-9_-]+")
             if table.path in paths:
                 other_table = paths[table.path]
                 raise ConfigError(

@@ -61,11 +61,29 @@ _VALUE = re.compile(r"[^&;|,()]*")
 _NAMED_OP = re.compile(r"=([A-Za-z~]*)=")
 _LOOKS_LIKE_TERM = re.compile(r"!?\(|[^=!<>()&;|,]+(?:=[A-Za-z~]*=|!=|[<>])")
 
-_SYMBOL_OPS = (("===", "strict"), ("==", "eq"), ("!=", "ne"), (">=", "ge"),
-               ("<=", "le"), (">", "gt"), ("<", "lt"))
-_NAMED_OPS = {"gt": "gt", "ge": "ge", "lt": "lt", "le": "le", "in": "in",
-              "out": "out", "ct": "ct", "sw": "sw", "ew": "ew", "~": "regex",
-              "gele": "gele", "gtlt": "gtlt"}
+_SYMBOL_OPS = (
+    ("===", "strict"),
+    ("==", "eq"),
+    ("!=", "ne"),
+    (">=", "ge"),
+    ("<=", "le"),
+    (">", "gt"),
+    ("<", "lt"),
+)
+_NAMED_OPS = {
+    "gt": "gt",
+    "ge": "ge",
+    "lt": "lt",
+    "le": "le",
+    "in": "in",
+    "out": "out",
+    "ct": "ct",
+    "sw": "sw",
+    "ew": "ew",
+    "~": "regex",
+    "gele": "gele",
+    "gtlt": "gtlt",
+}
 _MULTI = frozenset({"in", "out", "gele", "gtlt"})
 _TEXT_OPS = frozenset({"ct", "sw", "ew", "regex"})
 _ORDER_OPS = frozenset({"gt", "ge", "lt", "le", "gele", "gtlt"})
@@ -310,12 +328,12 @@ class _Parser:
         return node
 
     def fail(self, what: str) -> None:
-        rest = self.text[self.pos:]
+        rest = self.text[self.pos :]
         at = f" at {_show(rest)}" if rest else " at end of filter"
         raise FiqlError(f"invalid filter: {what}{at} (position {self.pos})")
 
     def peek(self) -> str:
-        return self.text[self.pos:self.pos + 1]
+        return self.text[self.pos : self.pos + 1]
 
     def parse_or(self) -> Node:
         children = [self.parse_and()]
@@ -390,7 +408,7 @@ class _Parser:
         most = 2 if op in ("gele", "gtlt") else None
         if self.peek() == "(":
             end = self.text.find(")", self.pos)
-            inner = self.text[self.pos + 1:end] if end >= 0 else ""
+            inner = self.text[self.pos + 1 : end] if end >= 0 else ""
             if end < 0 or re.search(r"[&;|(]", inner):
                 self.fail("expected a ')' closing the value list")
             self.pos = end + 1

@@ -11,15 +11,16 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from yeti.errors import ValidationError
 from yeti.schema import Field, Table
 
 _INT_MIN = -(2**63)
 _INT_MAX = 2**63 - 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 _INT_TEXT = re.compile(r"-?[0-9]{1,19}")
 _ARTICLE = {"ID": "an", "Int": "an"}
@@ -119,7 +120,7 @@ def _value(field: Field, value: Any) -> Any:
         raise ValidationError(
             f"field '{name}' must be a list of {field.type}, got {_json_type(value)}"
         )
-    items = []
+    items: list[Any] = []
     for i, item in enumerate(value):
         if item is None:
             if field.item_required:
@@ -174,7 +175,7 @@ def _timestamp(field: Field, now: datetime) -> str | int | float:
         return elapsed // _MILLISECOND
     if field.type == "Float":
         return elapsed / _MILLISECOND
-    utc = now.astimezone(timezone.utc)
+    utc = now.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 

@@ -119,8 +119,7 @@ def _comparison(table: Table, node: Comparison, params: list[Any]) -> str:
             raise ValueError(f"{op} is not supported on list field {node.field!r}")
         params.append(_bind(field, value))
         return (
-            f"(EXISTS (SELECT 1 FROM json_each(data, '$.{node.field}')"
-            " WHERE json_each.value = ?))"
+            f"(EXISTS (SELECT 1 FROM json_each(data, '$.{node.field}') WHERE json_each.value = ?))"
         )
     if op in _SIMPLE:
         params.append(_bind(field, value))

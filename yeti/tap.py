@@ -37,13 +37,20 @@ class Options(usage.Options):
 class HTTPService(service.MultiService):
     """The public port; on stop, says goodbye to WebSocket and SSE clients first."""
 
-    def __init__(self, port: service.Service, ws: YetiWebSocketFactory, sse: SSEStreams,
+    name = "http"
+
+    def __init__(self, port: internet.TCPServer, ws: YetiWebSocketFactory, sse: SSEStreams,
                  clock: Any) -> None:
         super().__init__()
+        self._port = port
         self._ws = ws
         self._sse = sse
         self._clock = clock
         port.setServiceParent(self)
+
+    def listening_port(self) -> int:
+        """The port actually bound (useful when configured as 0)."""
+        return self._port._port.getHost().port
 
     def stopService(self) -> Deferred[Any]:
         self._ws.close_all()
@@ -117,7 +124,7 @@ def make_service_from_config(config: ServerConfig, reactor: Any) -> service.Mult
             key, cert = ensure_certificate(
                 os.path.join(config.root_directory, "certs", "localhost")
             )
-        port: service.Service = internet.SSLServer(
+        port: internet.TCPServer = internet.SSLServer(
             http.port, site, context_factory(key, cert), interface=http.host
         )
     else:
@@ -128,7 +135,9 @@ def make_service_from_config(config: ServerConfig, reactor: Any) -> service.Mult
     if ops.enabled:
         check_port(ops.host, ops.port, "operationsApi.port", config.path)
         ops_site = make_ops_site(lambda: health_report(apps, ws_factory, sse))
-        internet.TCPServer(ops.port, ops_site, interface=ops.host).setServiceParent(root)
+        ops_service = internet.TCPServer(ops.port, ops_site, interface=ops.host)
+        ops_service.setName("ops")
+        ops_service.setServiceParent(root)
     return root
 
 

@@ -43,7 +43,7 @@ def ensure_certificate(cert_dir: str) -> tuple[str, str]:
     cert_path = os.path.join(cert_dir, CERT_FILE)
     if os.path.isfile(key_path) and os.path.isfile(cert_path):
         return key_path, cert_path
-    key, cert = _self_signed(datetime.datetime.now(datetime.timezone.utc))
+    key, cert = _self_signed(datetime.datetime.now(datetime.UTC))
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -98,13 +98,9 @@ def _self_signed(now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x5
             ),
             critical=True,
         )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
         .sign(key, hashes.SHA256())
     )
     return key, cert
@@ -156,7 +152,7 @@ def _read(path: str) -> bytes:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
-def _load_key(path: str) -> serialization.PrivateKeyTypes:
+def _load_key(path: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
     data = _read(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
