@@ -25,6 +25,10 @@ _MILLISECOND = timedelta(milliseconds=1)
 _INT_TEXT = re.compile(r"-?[0-9]{1,19}")
 _ARTICLE = {"ID": "an", "Int": "an"}
 
+MAX_KEY_BYTES = 512
+"""The longest primary key, in UTF-8 bytes: it must fit in a URL."""
+_DOT_KEYS = frozenset({".", ".."})
+
 
 class _Invalid(Exception):
     """A value does not fit its type; the caller names the field."""
@@ -113,8 +117,10 @@ def _value(field: Field, value: Any) -> Any:
             checked = check(value)
         except _Invalid as e:
             raise ValidationError(f"field '{name}' {e}") from None
-        if field.primary_key and checked == "":
-            raise ValidationError(f"field '{name}' (the primary key) may not be empty")
+        if field.primary_key:
+            problem = _key_problem(str(checked))
+            if problem is not None:
+                raise ValidationError(f"field '{name}' (the primary key) {problem}")
         return checked
     if not isinstance(value, list):
         raise ValidationError(
@@ -204,17 +210,35 @@ def new_key() -> str:
     return str(uuid.uuid4())
 
 
+def _key_problem(text: str) -> str | None:
+    """
+    Why C{text} cannot be a primary key, or None.
+
+    A key must be addressable as one URL path segment: not empty, not C{.}
+    or C{..} (clients normalise those away), at most L{MAX_KEY_BYTES}.
+    """
+    if text == "":
+        return "may not be empty"
+    if text in _DOT_KEYS:
+        return f"may not be {text!r}"
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"is longer than {MAX_KEY_BYTES} bytes"
+    return None
+
+
 def key_from_path(table: Table, text: str) -> str | int:
     """
     Convert an id taken from a URL to the table's primary key type.
 
-    @raise ValidationError: for an empty id, an id with a NUL character, or a
-        non-integer id of an C{Int} primary key.
+    @raise ValidationError: for an empty id, C{.} or C{..}, an id longer than
+        L{MAX_KEY_BYTES}, an id with a NUL character, or a non-integer id of an
+        C{Int} primary key.
     """
-    if text == "":
-        raise ValidationError("the record id may not be empty")
     if "\x00" in text:
         raise ValidationError("the record id must not contain a NUL character")
+    problem = _key_problem(text)
+    if problem is not None:
+        raise ValidationError(f"the record id {problem}")
     if table.fields[table.primary_key].type != "Int":
         return text
     if _INT_TEXT.fullmatch(text):

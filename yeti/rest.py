@@ -282,8 +282,14 @@ def _raw_query(request: IRequest) -> str:
 
 
 def _location(request: IRequest, body: Any) -> bytes | None:
+    """
+    Where a created record lives: the URL itself when the request named a
+    record (a PUT that created it), else the table URL and the new id.
+    """
     from urllib.parse import quote
 
+    if _path_id(request) is not None:
+        return request.path
     if not isinstance(body, dict) or "id" not in body:
         return None
     base = request.path.rstrip(b"/")

@@ -21,6 +21,7 @@ from twisted.python import usage
 from yeti.config import ServerConfig, load_config
 from yeti.errors import ConfigError
 from yeti.ops import make_ops_site
+from yeti.pubsub import PubSub
 from yeti.rest import InFlight
 from yeti.site import App, build_app, health_report, make_site, topic_check
 from yeti.sse import SSEStreams
@@ -103,9 +104,8 @@ def make_service_from_config(config: ServerConfig, reactor: Any) -> service.Mult
     pubsubs.setServiceParent(root)
     apps: list[App] = []
     for app_config in config.applications:
-        from yeti.pubsub import PubSub
-
         pubsub = PubSub(reactor, config.ws.queue_size)
+        pubsub.setName(f"pubsub:{app_config.app_id}")
         pubsub.setServiceParent(pubsubs)
         apps.append(build_app(app_config, storage, pubsub, reactor))
 
