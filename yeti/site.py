@@ -6,8 +6,10 @@ the WebSocket upgrade and SSE streams on the same URLs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+import orjson
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import server
 
@@ -86,8 +88,55 @@ def make_site(
         # /{app_id}/{table or resource}[/{id}]: REST, WebSocket upgrade, SSE
         roots[app.config.app_id] = AppResource(endpoints, cors)
     site = server.Site(RootResource(roots, cors))
+    site.requestFactory = partial(BoundedRequest, max_body_size=config.http.max_body_size)
     site.displayTracebacks = False
+    if config.logging.level in ("error", "warn"):
+        site.log = lambda request: None  # the access log is info level
     return site
+
+
+class BoundedRequest(server.Request):
+    """
+    A request that refuses a body over C{max_body_size} with 413 as soon as
+    its length is known (or, for a chunked body, passes the limit), without
+    buffering it, and closes the connection.
+    """
+
+    def __init__(self, *args: Any, max_body_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_body_size = max_body_size
+        self._received = 0
+        self._refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length if length is None or length <= self._max_body_size else 0)
+        if length is not None and length > self._max_body_size:
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._max_body_size:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if not self._refused:
+            super().process()
+
+    def _refuse(self) -> None:
+        self._refused = True
+        body = orjson.dumps(
+            {"error": f"request body is larger than {self._max_body_size} bytes"}
+        )
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        transport.loseConnection()
 
 
 def health_report(
