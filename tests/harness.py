@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 from twisted.internet import reactor, ssl
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
@@ -93,6 +93,9 @@ class Daemon:
         self.service.startService()
 
     def stop(self) -> Deferred[Any]:
+        """Stop the daemon; stopping it again (e.g. in cleanup) does nothing."""
+        if not self.service.running:
+            return succeed(None)
         return self.service.stopService()
 
     @property

@@ -19,8 +19,9 @@ returns a L{Deferred}.
 from __future__ import annotations
 
 from collections import deque
-from datetime import datetime, timezone
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import orjson
 from twisted.application import service
@@ -35,7 +36,7 @@ RETAINED = "Retained"
 
 def iso_timestamp(seconds: float) -> str:
     """Format epoch seconds as ISO 8601 UTC with milliseconds."""
-    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    moment = datetime.fromtimestamp(seconds, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

@@ -11,7 +11,8 @@ WebSocket and SSE modules.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import orjson
 from twisted.internet.defer import Deferred
@@ -205,7 +206,8 @@ class Endpoint(resource.Resource):
             content_type == b"application/json" or content_type.endswith(b"+json")
         ):
             raise UnsupportedMediaType(
-                f"content type {content_type.decode('latin-1')!r} is not supported; send application/json"
+                f"content type {content_type.decode('latin-1')!r} is not supported;"
+                " send application/json"
             )
         body = request.content.read(limit + 1)
         if len(body) > limit:

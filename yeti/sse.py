@@ -22,6 +22,7 @@ from twisted.web import server
 from twisted.web.iweb import IRequest
 
 from yeti.config import SSEConfig
+from yeti.errors import BadRequest
 from yeti.pubsub import DELETE, PUBLISH, RETAINED, UPDATE, Event, PubSub
 from yeti.resources import Resource
 
@@ -146,6 +147,8 @@ class SSEStreams:
 
     def __call__(self, request: IRequest, target: Resource, path_id: str | None) -> int:
         topic = target.topic(path_id)
+        if topic is None:
+            raise BadRequest(f"{request.path.decode('utf-8', 'replace')} has no event stream")
         stream = SSEStream(request, target.app.pubsub, self)
         self.streams.add(stream)
         stream.start(topic, Deferred.fromCoroutine(target.retained(path_id)))

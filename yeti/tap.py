@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 from typing import Any
 
@@ -141,12 +142,48 @@ def make_service_from_config(config: ServerConfig, reactor: Any) -> service.Mult
     return root
 
 
+class CleanExitOnSIGTERM(service.Service):
+    """
+    Under twistd, stop the reactor on SIGTERM ourselves, so that a clean
+    shutdown exits with status 0 (twistd would re-raise the signal and the
+    process would end "killed by SIGTERM").  The previous handler is put
+    back when the service stops.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        # after the reactor has installed its own handlers
+        self._reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        if self.running:
+            self._previous = signal.signal(signal.SIGTERM, self._terminate)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _terminate(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self._reactor.stop)
+
+
 def makeService(options: Options) -> service.MultiService:
-    """twistd entry point."""
+    """
+    twistd entry point.  A bad configuration exits with one line naming the
+    file and key (twistd prints a traceback for any other exception).
+    """
     from twisted.internet import reactor
 
     try:
         config = load_config(options["config"])
-        return make_service_from_config(config, reactor)
+        root = make_service_from_config(config, reactor)
     except ConfigError as e:
-        raise usage.UsageError(str(e)) from None
+        raise SystemExit(f"twistd yeti: {e}") from None
+    CleanExitOnSIGTERM(reactor).setServiceParent(root)
+    return root

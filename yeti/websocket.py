@@ -14,7 +14,8 @@ Other client messages go to the resource's incoming-message handler.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -35,15 +36,17 @@ _log = Logger()
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
+CLOSE_INTERNAL_ERROR = 1011
 
 
 class YetiWebSocketProtocol(WebSocketServerProtocol):
     """One WebSocket client of a table or record URL."""
 
-    def __init__(self, target: Resource, path_id: str | None) -> None:
+    def __init__(self, target: Resource, path_id: str | None, topic: str | None) -> None:
         super().__init__()
         self.target = target
         self.path_id = path_id
+        self._url_topic = topic
         self.pubsub: PubSub = target.app.pubsub
         self.topics: list[str] = []
         self._queue: deque[Event] = deque()
@@ -59,12 +62,18 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self._opened = True
         self.factory.opened(self)
-        transport = self.transport
-        transport.unregisterProducer()
-        transport.registerProducer(self, True)
-        topic = self.target.topic(self.path_id)
-        if topic is not None:
-            self.subscribe(topic)
+        try:
+            transport = self.transport
+            assert transport is not None
+            transport.unregisterProducer()
+            transport.registerProducer(self, True)
+            if self._url_topic is not None:
+                self.subscribe(self._url_topic)
+        except Exception:
+            # Autobahn swallows exceptions raised here: log, and close.
+            _log.failure("opening a WebSocket connection failed")
+            self.close(CLOSE_INTERNAL_ERROR, "internal server error")
+            return
         self._run(self._start)
 
     async def _start(self) -> None:
@@ -75,7 +84,8 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
         finally:
             self._holding = False
             self._flush()
-        await self.target.on_open(self)
+        if self.state == self.STATE_OPEN:
+            await self.target.on_open(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         for topic in self.topics:
@@ -103,6 +113,9 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
     def deliver(self, event: Event) -> None:
         if event is self._last:  # one event through a record topic and its table
             return
+        if self.state != self.STATE_OPEN:
+            # closing: no data frame may follow our (or the peer's) Close frame
+            return
         self._last = event
         if self._paused or self._holding or self._queue:
             if len(self._queue) >= self.pubsub.queue_size:
@@ -113,7 +126,10 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
         self.sendPreparedMessage(event.encoded(self.factory, self.factory.frame))
 
     def _flush(self) -> None:
-        while self._queue and not self._paused and not self._holding:
+        while (
+            self._queue and not self._paused and not self._holding
+            and self.state == self.STATE_OPEN
+        ):
             event = self._queue.popleft()
             self.sendPreparedMessage(event.encoded(self.factory, self.factory.frame))
 
@@ -176,7 +192,9 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
             return
         handler = _ACTIONS.get(action) if isinstance(action, str) else None
         if handler is None:
-            self.send_error(f"unknown action {action!r}; expected subscribe, unsubscribe or publish")
+            self.send_error(
+                f"unknown action {action!r}; expected subscribe, unsubscribe or publish"
+            )
             return
         try:
             handler(self, message)
@@ -214,9 +232,9 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
         self.factory.check_topic(self.target, topic)
         return topic
 
-    def _run(self, handler: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def _run(self, handler: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Run a handler; its errors become Error messages, never tracebacks."""
-        d = Deferred.fromCoroutine(handler(*args))
+        d: Deferred[Any] = Deferred.fromCoroutine(handler(*args))
         d.addErrback(self._handler_failed)
 
     def _handler_failed(self, failure: Any) -> None:
@@ -249,7 +267,7 @@ class YetiWebSocketFactory(WebSocketServerFactory):
         reactor: Any,
         topic_check: Callable[[Resource, str], None],
     ) -> None:
-        super().__init__(reactor=reactor)
+        super().__init__(server=None, reactor=reactor)
         self.config = config
         self.clock: IReactorTime = reactor
         self.max_connections = max_connections
@@ -262,6 +280,7 @@ class YetiWebSocketFactory(WebSocketServerFactory):
             maxFramePayloadSize=config.max_message_size,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
+            failByDrop=False,  # protocol errors get their close code (1002, 1007, 1009)
         )
 
     def frame(self, event: Event) -> PreparedMessage:
@@ -287,7 +306,10 @@ class YetiWebSocketFactory(WebSocketServerFactory):
             raise Unavailable("too many WebSocket connections; retry later")
         if request.clientproto != b"HTTP/1.1":
             raise BadRequest("WebSocket upgrade needs HTTP/1.1")
-        protocol = YetiWebSocketProtocol(target, path_id)
+        # A bad id in the URL (e.g. not an integer for an Int key) is an
+        # HTTP error now, not a failure after the upgrade.
+        topic = target.topic(path_id)
+        protocol = YetiWebSocketProtocol(target, path_id, topic)
         protocol.factory = self
         transport, request.channel.transport = request.channel.transport, None
         if isinstance(transport, ProtocolWrapper):
