@@ -82,9 +82,17 @@ def run(
     """Run a child process without blocking the reactor; (exit code, stdout + stderr)."""
     protocol = _Collect()
     reactor.spawnProcess(
-        protocol, executable, [executable, *args], env={**os.environ, **(env or {})}
+        protocol, executable, [executable, *args], env={**_clean_environ(), **(env or {})}
     )
     return protocol.ended
+
+
+def _clean_environ() -> dict[str, str]:
+    """
+    Our environment without PYTHONPATH: trial's workers (C{-j}) set it to
+    this venv's path, which would shadow the suite's own (old) Autobahn.
+    """
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 async def ensure_wstest(venv: str) -> str:
