@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -123,7 +122,7 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
                 return
             self._queue.append(event)
             return
-        self.sendPreparedMessage(event.encoded(self.factory, self.factory.frame))
+        self.transport.write(event.encoded(self.factory, self.factory.frame))
 
     def _flush(self) -> None:
         while (
@@ -131,7 +130,7 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
             and self.state == self.STATE_OPEN
         ):
             event = self._queue.popleft()
-            self.sendPreparedMessage(event.encoded(self.factory, self.factory.frame))
+            self.transport.write(event.encoded(self.factory, self.factory.frame))
 
     def _lag(self) -> None:
         self.pubsub.lagged(self, self.topics)
@@ -283,9 +282,14 @@ class YetiWebSocketFactory(WebSocketServerFactory):
             failByDrop=False,  # protocol errors get their close code (1002, 1007, 1009)
         )
 
-    def frame(self, event: Event) -> PreparedMessage:
-        """The event as a WebSocket text frame, built once per event."""
-        return self.prepareMessage(event.json())
+    def frame(self, event: Event) -> bytes:
+        """
+        The event as the bytes of a WebSocket text frame, built once per event
+        and written as is to every subscriber.  (Server frames are unmasked
+        and this server never negotiates compression, so the bytes are the
+        same for every connection.)
+        """
+        return self.prepareMessage(event.json()).payloadHybi
 
     def opened(self, protocol: YetiWebSocketProtocol) -> None:
         self.protocols.add(protocol)
