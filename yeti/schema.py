@@ -9,7 +9,7 @@ Anything else is a L{ConfigError} naming the file, line and problem.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from graphql import GraphQLError, parse

@@ -5,12 +5,21 @@ C{Accept: text/event-stream}).
 Each stream subscribes to the URL's topic.  Frames are built once per event
 and cached on it.  The stream is the request's push producer, so a client
 that stops reading fills at most C{ws.queueSize} queued events before it is
-cut off, like a WebSocket.
+cut off, like a WebSocket; one that stays paused (its transport has not
+resumed us) for more than two ping intervals is cut off too, however few
+events came.  The socket's C{TCP_USER_TIMEOUT} (Linux) is set to two ping
+intervals, so the kernel aborts a stream whose peer vanished and stopped
+acknowledging the pings.
+
+A stream counts against C{http.maxConnections} together with the open
+WebSocket connections; past it a stream request is refused with 503.
 """
 
 from __future__ import annotations
 
+import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -22,13 +31,14 @@ from twisted.web import server
 from twisted.web.iweb import IRequest
 
 from yeti.config import SSEConfig
-from yeti.errors import BadRequest
+from yeti.errors import BadRequest, Unavailable
 from yeti.pubsub import DELETE, PUBLISH, RETAINED, UPDATE, Event, PubSub
 from yeti.resources import Resource
 
 _log = Logger()
 
 CONNECTED = b'event: message\ndata: {"type":"connected","status":"ok"}\n\n'
+PING = b"event: ping\ndata: {}\n\n"
 _EVENT_NAMES = {UPDATE: b"update", DELETE: b"delete", PUBLISH: b"publish", RETAINED: b"message"}
 
 
@@ -57,10 +67,11 @@ class SSEStream:
         self.topics: list[str] = []
         self._queue: deque[Event] = deque()
         self._paused = False
+        self._paused_since = 0.0
         self._holding = True
         self._last: Event | None = None
         self._open = True
-        self._ping = LoopingCall(self._write, b"event: ping\ndata: {}\n\n")
+        self._ping = LoopingCall(self._tick)
         self._ping.clock = streams.clock
 
     def start(self, topic: str, retained: Deferred[Event | None]) -> None:
@@ -70,6 +81,7 @@ class SSEStream:
         request.setHeader(b"x-accel-buffering", b"no")
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._finished)
+        _set_user_timeout(request.transport, self._streams.config.ping_interval * 2)
         self.topics.append(topic)
         self._pubsub.subscribe(topic, self)
         self._write(CONNECTED)
@@ -110,7 +122,20 @@ class SSEStream:
         if self._open:
             self._request.write(data)
 
+    def _tick(self) -> None:
+        """Every ping interval: a ping, or cut off a peer that has stopped reading."""
+        limit = 2 * self._streams.config.ping_interval
+        if self._paused and self._streams.clock.seconds() - self._paused_since > limit:
+            # Its buffers are full: finish() could never flush, so drop it.
+            self._pubsub.lagged(self, self.topics)
+            self.topics = []
+            self._request.transport.abortConnection()
+            return
+        self._write(PING)
+
     def pauseProducing(self) -> None:
+        if not self._paused:
+            self._paused_since = self._streams.clock.seconds()
         self._paused = True
 
     def resumeProducing(self) -> None:
@@ -137,18 +162,50 @@ class SSEStream:
         self._streams.streams.discard(self)
 
 
-class SSEStreams:
-    """Starts streams for requests and keeps the open ones (for shutdown and health)."""
+def _set_user_timeout(transport: Any, seconds: float) -> None:
+    """
+    Set C{TCP_USER_TIMEOUT} on the TCP socket under C{transport} (below TLS,
+    if any): the kernel then aborts the connection when sent data stays
+    unacknowledged that long.  Not on platforms without the option.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    while option is not None and transport is not None:
+        handle = getattr(transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket):
+            handle.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
+            return
+        # a TLS transport's handle is its OpenSSL connection: go down a layer
+        transport = getattr(transport, "transport", None)
 
-    def __init__(self, config: SSEConfig, clock: IReactorTime) -> None:
+
+class SSEStreams:
+    """
+    Starts streams for requests and keeps the open ones (for shutdown and health).
+
+    @param max_connections: C{http.maxConnections}, shared with WebSocket.
+    @param other_connections: how many other long-lived connections (the
+        open WebSockets) count against it.
+    """
+
+    def __init__(
+        self,
+        config: SSEConfig,
+        clock: IReactorTime,
+        max_connections: int,
+        other_connections: Callable[[], int],
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.max_connections = max_connections
+        self._other_connections = other_connections
         self.streams: set[SSEStream] = set()
 
     def __call__(self, request: IRequest, target: Resource, path_id: str | None) -> int:
         topic = target.topic(path_id)
         if topic is None:
             raise BadRequest(f"{request.path.decode('utf-8', 'replace')} has no event stream")
+        if len(self.streams) + self._other_connections() >= self.max_connections:
+            raise Unavailable("too many connections; retry later")
         stream = SSEStream(request, target.app.pubsub, self)
         self.streams.add(stream)
         stream.start(topic, Deferred.fromCoroutine(target.retained(path_id)))

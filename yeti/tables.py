@@ -8,7 +8,7 @@ write publishes nothing.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -41,7 +41,7 @@ class TableAccess:
         return self._pubsub
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
+        return datetime.fromtimestamp(self._clock.seconds(), UTC)
 
     def _key_of(self, record: dict[str, Any]) -> str:
         return str(record[self.table.primary_key])

@@ -88,7 +88,9 @@ def check_port(host: str, port: int, what: str, path: str) -> None:
             s.bind((host, port))
         except OSError as e:
             reason = "port in use" if e.errno == errno.EADDRINUSE else e.strerror
-            raise ConfigError(f"{path}: {what}: cannot listen on [{host}]:{port}: {reason}") from None
+            raise ConfigError(
+                f"{path}: {what}: cannot listen on [{host}]:{port}: {reason}"
+            ) from None
 
 
 def make_service_from_config(config: ServerConfig, reactor: Any) -> service.MultiService:
@@ -110,10 +112,14 @@ def make_service_from_config(config: ServerConfig, reactor: Any) -> service.Mult
         pubsub.setServiceParent(pubsubs)
         apps.append(build_app(app_config, storage, pubsub, reactor))
 
+    # http.maxConnections bounds WebSockets and SSE streams together
     ws_factory = YetiWebSocketFactory(
-        config.ws, config.http.max_connections, reactor, topic_check
+        config.ws, config.http.max_connections, reactor, topic_check,
+        other_connections=lambda: len(sse.streams),
     )
-    sse = SSEStreams(config.sse, reactor)
+    sse = SSEStreams(
+        config.sse, reactor, config.http.max_connections, lambda: len(ws_factory.protocols)
+    )
     site = make_site(config, apps, ws_factory, sse, InFlight(config.http.max_in_flight_requests))
 
     http = config.http

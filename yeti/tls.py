@@ -16,7 +16,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import crypto
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 
 from yeti.errors import ConfigError
@@ -121,23 +121,6 @@ def _write_atomically(path: str, data: bytes, mode: int) -> None:
         raise
 
 
-class _ServerOptions(CertificateOptions):
-    """
-    Certificate options whose contexts let OpenSSL free a connection's read
-    and write buffers while it is idle (C{SSL_MODE_RELEASE_BUFFERS}): an idle
-    WebSocket then costs a few KiB less.
-    """
-
-    _mode_set = False
-
-    def getContext(self) -> SSL.Context:
-        context = super().getContext()  # built once, then shared by every connection
-        if not self._mode_set:
-            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
-            self._mode_set = True
-        return context
-
-
 def context_factory(key_path: str, cert_path: str) -> CertificateOptions:
     """
     Build the server's TLS options from a PEM key and a PEM certificate chain.
@@ -152,7 +135,7 @@ def context_factory(key_path: str, cert_path: str) -> CertificateOptions:
     chain = _load_chain(cert_path)
     if _public_der(key.public_key()) != _public_der(chain[0].public_key()):
         raise ConfigError(f"{key_path}: private key does not match the certificate {cert_path}")
-    return _ServerOptions(
+    return CertificateOptions(
         privateKey=crypto.PKey.from_cryptography_key(key),
         certificate=crypto.X509.from_cryptography(chain[0]),
         extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],

@@ -257,6 +257,8 @@ class YetiWebSocketFactory(WebSocketServerFactory):
 
     @param topic_check: C{(target, topic) -> None}, raising L{YetiError} for a
         topic that a connection of C{target} may not use.
+    @param other_connections: how many other long-lived connections (SSE
+        streams) count against C{max_connections} besides ours.
     """
 
     def __init__(
@@ -265,11 +267,13 @@ class YetiWebSocketFactory(WebSocketServerFactory):
         max_connections: int,
         reactor: Any,
         topic_check: Callable[[Resource, str], None],
+        other_connections: Callable[[], int] = lambda: 0,
     ) -> None:
         super().__init__(server=None, reactor=reactor)
         self.config = config
         self.clock: IReactorTime = reactor
         self.max_connections = max_connections
+        self._other_connections = other_connections
         self.check_topic = topic_check
         self.protocols: set[YetiWebSocketProtocol] = set()
         self.setProtocolOptions(
@@ -306,8 +310,8 @@ class YetiWebSocketFactory(WebSocketServerFactory):
         Hand the request's connection to a new protocol, which then runs the
         WebSocket opening handshake (after L{autobahn.twisted.resource.WebSocketResource}).
         """
-        if len(self.protocols) >= self.max_connections:
-            raise Unavailable("too many WebSocket connections; retry later")
+        if len(self.protocols) + self._other_connections() >= self.max_connections:
+            raise Unavailable("too many connections; retry later")
         if request.clientproto != b"HTTP/1.1":
             raise BadRequest("WebSocket upgrade needs HTTP/1.1")
         # A bad id in the URL (e.g. not an integer for an Int key) is an
