@@ -87,6 +87,11 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
             await self.target.on_open(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        # Autobahn leaves its close handshake timer running when the
+        # connection is lost before the peer's Close reply (e.g. after 1007).
+        if self.closeHandshakeTimeoutCall is not None:
+            self.closeHandshakeTimeoutCall.cancel()
+            self.closeHandshakeTimeoutCall = None
         for topic in self.topics:
             self.pubsub.unsubscribe(topic, self)
         self.topics = []
