@@ -184,6 +184,64 @@ class PubSub(service.Service):
         return event
 
 
+class Outbox:
+    """
+    The sending side of a streaming subscriber (a WebSocket or an SSE stream).
+
+    Events are written at once while the peer keeps up.  While the transport
+    has paused the subscriber, or while it is held (until its C{Retained}
+    record is out), up to C{limit} events wait in order; one more closes the
+    outbox and calls C{overflow}.  An event that arrives through two topics
+    (a record and its table) is written once.
+    """
+
+    def __init__(
+        self, limit: int, write: Callable[[Event], None], overflow: Callable[[], None]
+    ) -> None:
+        self._limit = limit
+        self._write = write
+        self._overflow = overflow
+        self._queue: deque[Event] = deque()
+        self._last: Event | None = None
+        self._held = True
+        self.paused = False
+        self.closed = False
+
+    def put(self, event: Event) -> None:
+        if event is self._last or self.closed:
+            return
+        self._last = event
+        if self.paused or self._held or self._queue:
+            if len(self._queue) >= self._limit:
+                self.close()
+                self._overflow()
+                return
+            self._queue.append(event)
+            return
+        self._write(event)
+
+    def release(self) -> None:
+        """Stop holding events back (the retained record has been sent)."""
+        self._held = False
+        self._flush()
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._flush()
+
+    def close(self) -> None:
+        """Drop what is queued and write nothing more."""
+        self.closed = True
+        self._queue.clear()
+
+    def _flush(self) -> None:
+        while self._queue and not (self.paused or self._held or self.closed):
+            self._write(self._queue.popleft())
+
+
 class Subscription:
     """
     A pull-style subscriber: C{get()} returns a Deferred for the next event.

@@ -18,7 +18,6 @@ WebSocket connections; past it a stream request is refused with 503.
 from __future__ import annotations
 
 import socket
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +31,7 @@ from twisted.web.iweb import IRequest
 
 from yeti.config import SSEConfig
 from yeti.errors import BadRequest, Unavailable
-from yeti.pubsub import DELETE, PUBLISH, RETAINED, UPDATE, Event, PubSub
+from yeti.pubsub import DELETE, PUBLISH, RETAINED, UPDATE, Event, Outbox, PubSub
 from yeti.resources import Resource
 
 _log = Logger()
@@ -65,11 +64,8 @@ class SSEStream:
         self._pubsub = pubsub
         self._streams = streams
         self.topics: list[str] = []
-        self._queue: deque[Event] = deque()
-        self._paused = False
+        self._outbox = Outbox(pubsub.queue_size, self._send_event, self._lag)
         self._paused_since = 0.0
-        self._holding = True
-        self._last: Event | None = None
         self._open = True
         self._ping = LoopingCall(self._tick)
         self._ping.clock = streams.clock
@@ -92,31 +88,23 @@ class SSEStream:
     def _send_retained(self, event: Event | None) -> None:
         if event is not None:
             self._write(sse_frame(event))
-        self._holding = False
-        self._flush()
+        self._outbox.release()
 
     def _retained_failed(self, failure: Any) -> None:
         _log.failure("reading the retained record failed", failure)
         self.close()
 
     def deliver(self, event: Event) -> None:
-        if event is self._last or not self._open:
-            return
-        self._last = event
-        if self._paused or self._holding or self._queue:
-            if len(self._queue) >= self._pubsub.queue_size:
-                self._pubsub.lagged(self, self.topics)
-                self.topics = []
-                self._write(b'event: error\ndata: {"error":"subscriber lagged behind"}\n\n')
-                self.close()
-                return
-            self._queue.append(event)
-            return
+        self._outbox.put(event)
+
+    def _send_event(self, event: Event) -> None:
         self._write(event.encoded(sse_frame, sse_frame))
 
-    def _flush(self) -> None:
-        while self._queue and not self._paused and not self._holding and self._open:
-            self._write(self._queue.popleft().encoded(sse_frame, sse_frame))
+    def _lag(self) -> None:
+        self._pubsub.lagged(self, self.topics)
+        self.topics = []
+        self._write(b'event: error\ndata: {"error":"subscriber lagged behind"}\n\n')
+        self.close()
 
     def _write(self, data: bytes) -> None:
         if self._open:
@@ -125,7 +113,7 @@ class SSEStream:
     def _tick(self) -> None:
         """Every ping interval: a ping, or cut off a peer that has stopped reading."""
         limit = 2 * self._streams.config.ping_interval
-        if self._paused and self._streams.clock.seconds() - self._paused_since > limit:
+        if self._outbox.paused and self._streams.clock.seconds() - self._paused_since > limit:
             # Its buffers are full: finish() could never flush, so drop it.
             self._pubsub.lagged(self, self.topics)
             self.topics = []
@@ -134,16 +122,15 @@ class SSEStream:
         self._write(PING)
 
     def pauseProducing(self) -> None:
-        if not self._paused:
+        if not self._outbox.paused:
             self._paused_since = self._streams.clock.seconds()
-        self._paused = True
+        self._outbox.pause()
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        self._flush()
+        self._outbox.resume()
 
     def stopProducing(self) -> None:
-        self._paused = True
+        self._outbox.pause()
 
     def close(self) -> None:
         """End the stream from our side."""
@@ -158,7 +145,7 @@ class SSEStream:
         for topic in self.topics:
             self._pubsub.unsubscribe(topic, self)
         self.topics = []
-        self._queue.clear()
+        self._outbox.close()
         self._streams.streams.discard(self)
 
 

@@ -13,7 +13,6 @@ Other client messages go to the resource's incoming-message handler.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -28,7 +27,7 @@ from twisted.web.iweb import IRequest
 
 from yeti.config import WSConfig
 from yeti.errors import BadRequest, Unavailable, YetiError
-from yeti.pubsub import Event, PubSub
+from yeti.pubsub import Event, Outbox, PubSub
 from yeti.resources import Resource
 
 _log = Logger()
@@ -48,10 +47,7 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
         self._url_topic = topic
         self.pubsub: PubSub = target.app.pubsub
         self.topics: list[str] = []
-        self._queue: deque[Event] = deque()
-        self._paused = False
-        self._holding = True  # until the Retained record is sent
-        self._last: Event | None = None
+        self._outbox = Outbox(self.pubsub.queue_size, self._send_event, self._lag)
         self._opened = False
         self._window_start = 0.0
         self._window_count = 0
@@ -81,8 +77,7 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
             if event is not None and self.state == self.STATE_OPEN:
                 self.sendMessage(event.json())
         finally:
-            self._holding = False
-            self._flush()
+            self._outbox.release()
         if self.state == self.STATE_OPEN:
             await self.target.on_open(self)
 
@@ -95,7 +90,7 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
         for topic in self.topics:
             self.pubsub.unsubscribe(topic, self)
         self.topics = []
-        self._queue.clear()
+        self._outbox.close()
         if self._opened:
             self._opened = False
             self.factory.closed(self)
@@ -103,44 +98,27 @@ class YetiWebSocketProtocol(WebSocketServerProtocol):
     # -- producer: the transport tells us when its buffer is full --------
 
     def pauseProducing(self) -> None:
-        self._paused = True
+        self._outbox.pause()
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        self._flush()
+        self._outbox.resume()
 
     def stopProducing(self) -> None:
-        self._paused = True
+        self._outbox.pause()
 
     # -- outgoing --------------------------------------------------------
 
     def deliver(self, event: Event) -> None:
-        if event is self._last:  # one event through a record topic and its table
-            return
-        if self.state != self.STATE_OPEN:
-            # closing: no data frame may follow our (or the peer's) Close frame
-            return
-        self._last = event
-        if self._paused or self._holding or self._queue:
-            if len(self._queue) >= self.pubsub.queue_size:
-                self._lag()
-                return
-            self._queue.append(event)
-            return
-        self.transport.write(event.encoded(self.factory, self.factory.frame))
+        self._outbox.put(event)
 
-    def _flush(self) -> None:
-        while (
-            self._queue and not self._paused and not self._holding
-            and self.state == self.STATE_OPEN
-        ):
-            event = self._queue.popleft()
+    def _send_event(self, event: Event) -> None:
+        # closing: no data frame may follow our (or the peer's) Close frame
+        if self.state == self.STATE_OPEN:
             self.transport.write(event.encoded(self.factory, self.factory.frame))
 
     def _lag(self) -> None:
         self.pubsub.lagged(self, self.topics)
         self.topics = []
-        self._queue.clear()
         self.close(
             CLOSE_POLICY_VIOLATION,
             f"subscriber lagged more than {self.pubsub.queue_size} messages behind",
