@@ -19,7 +19,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from yeti.config import load_config
-from yeti.tap import make_service_from_config
+from yeti.service import make_service_from_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -133,8 +133,9 @@ class Daemon:
         """
         Make a request; return (status, parsed JSON body or raw bytes, headers).
         """
-        from twisted.web.client import FileBodyProducer
         from io import BytesIO
+
+        from twisted.web.client import FileBodyProducer
 
         hdrs = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
         producer = None
