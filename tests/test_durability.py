@@ -1,7 +1,8 @@
 """
 Durability of acknowledged writes: a real C{twistd -n yeti} process, killed
-with SIGKILL in the middle of a stream of concurrent HTTPS writes, then
-restarted on the same root directory; and a clean stop with SIGTERM.
+with SIGKILL in the middle of a stream of concurrent HTTPS and WebSocket
+writes, then restarted on the same root directory; and a clean stop with
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ import re
 import sqlite3
 import sys
 from io import BytesIO
+from typing import Any
 
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    connectWS,
+)
 from twisted.internet import defer, error, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
@@ -27,6 +34,7 @@ from yeti.config import load_config
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 CLIENTS = 20
+WS_CLIENTS = 5
 WRITE_SECONDS = 2.0
 READY = re.compile(rb"Site \(TLS\) starting on (\d+)")
 
@@ -91,6 +99,68 @@ class Writers:
                 self.acked.add(key)
 
 
+class WSWriter(WebSocketClientProtocol):
+    """
+    Subscribes to the Message table, then sends records (plain JSON objects,
+    stored like PUT) one after another; a write is acknowledged when the
+    Update for its id arrives.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.acked: set[str] = set()
+        self.opened: Deferred[None] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+        self.stopping = False
+        self.in_flight: str | None = None
+        self._i = 0
+
+    def onOpen(self) -> None:
+        self.sendMessage(b'{"action": "subscribe", "topic": "Message"}')
+        self.opened.callback(None)
+        self._send()
+
+    def _send(self) -> None:
+        if self.stopping:
+            self.in_flight = None
+            return
+        self.in_flight = f"{self.prefix}-{self._i}"
+        self._i += 1
+        self.sendMessage(b'{"id": "%s", "title": "w", "content": "%s"}'
+                         % (self.in_flight.encode(), b"y" * 64))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        message = json.loads(payload)
+        sent = self.in_flight
+        if sent is not None and (message.get("message_type"), message.get("id")) == (
+            "Update", sent
+        ):
+            self.acked.add(sent)
+            self._send()
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.opened.called:
+            self.opened.errback(RuntimeError(f"WebSocket did not open: {reason}"))
+        if not self.closed.called:
+            self.closed.callback(None)
+
+
+class WSWriterFactory(WebSocketClientFactory):
+    """Makes exactly one given L{WSWriter}."""
+
+    def __init__(self, url: str, client: WSWriter) -> None:
+        super().__init__(url, reactor=reactor)
+        self.protocol = lambda: client  # type: ignore[assignment]
+        self._client = client
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self._client.opened.called:
+            self._client.opened.errback(reason)
+        if not self._client.closed.called:
+            self._client.closed.callback(None)
+
+
 class DurabilityTests(unittest.TestCase):
     """Every acknowledged write survives SIGKILL; SIGTERM stops cleanly."""
 
@@ -145,6 +215,27 @@ class DurabilityTests(unittest.TestCase):
         self.assertEqual(response.code, 200)
         return {r["id"] for r in json.loads(await readBody(response))}
 
+    async def ws_writers(self, port: int) -> list[WSWriter]:
+        """C{WS_CLIENTS} open WebSocket writers to the Message table."""
+        cert = os.path.join(self.root, "certs", "localhost", "cert.pem")
+        tls = TrustCert(cert).creatorForNetloc(b"localhost", port)
+        clients = [WSWriter(f"w{n}") for n in range(WS_CLIENTS)]
+        for client in clients:
+            connectWS(WSWriterFactory(f"wss://localhost:{port}/my-app/Message", client),
+                      contextFactory=tls)
+
+            self.addCleanup(self.close_ws, client)
+        await defer.gatherResults([c.opened for c in clients])
+        return clients
+
+    @staticmethod
+    def close_ws(client: WSWriter) -> Deferred[None]:
+        """Drop C{client}'s connection (if still up) and wait until it is gone."""
+        client.stopping = True
+        if client.transport is not None and not client.closed.called:
+            client.transport.abortConnection()
+        return client.closed
+
     def sqlite_ids(self) -> set[str]:
         """The keys in the database file, read directly (daemon stopped)."""
         conn = sqlite3.connect(self.db_path)
@@ -158,31 +249,41 @@ class DurabilityTests(unittest.TestCase):
 
     async def test_sigkill_keeps_acknowledged_writes(self) -> None:
         """
-        SIGKILL during C{CLIENTS} concurrent writers loses no acknowledged
-        write; SIGTERM during writers stops cleanly (exit 0, or the SIGTERM
-        twistd re-raises after its clean shutdown) with every acknowledged
-        write on disk and the database intact.
+        SIGKILL during C{CLIENTS} concurrent HTTPS writers and C{WS_CLIENTS}
+        WebSocket writers loses no acknowledged write; SIGTERM during writers
+        stops cleanly (exit 0, or the SIGTERM twistd re-raises after its clean
+        shutdown) with every acknowledged write on disk and the database
+        intact.
         """
         proc, port = await self.start()
         agent, pool = self.agent()
         url = f"https://localhost:{port}/my-app/Message".encode()
+        ws = await self.ws_writers(port)
         writers = Writers(agent, url, "a")
         await deferLater(reactor, WRITE_SECONDS, lambda: None)
         self.transport.signalProcess("KILL")
         reason = await proc.ended
         writers.stopping = True
         await writers.done
+        await defer.gatherResults([c.closed for c in ws])
+        ws_acked = set().union(*(c.acked for c in ws))
         await pool.closeCachedConnections()
         self.assertIsInstance(reason, error.ProcessTerminated)
         self.assertEqual(reason.signal, 9)
         self.assertGreater(len(writers.acked), 100, "too few writes to mean anything")
         self.assertGreater(writers.failures, 0, "the kill did not hit the write stream")
+        for c in ws:
+            self.assertGreater(len(c.acked), 10, f"too few WebSocket writes by {c.prefix}")
+            # the kill cut a WebSocket write in flight
+            self.assertIsNotNone(c.in_flight, f"{c.prefix} had nothing in flight")
 
         proc, port = await self.start()
         agent, pool = self.agent()
         stored = await self.stored_ids(agent, port)
         missing = writers.acked - stored
         self.assertEqual(missing, set(), f"{len(missing)} acknowledged writes lost")
+        missing = ws_acked - stored
+        self.assertEqual(missing, set(), f"{len(missing)} acknowledged WebSocket writes lost")
 
         # A second stream, stopped with SIGTERM: exit 0, every ack on disk.
         second = Writers(agent, f"https://localhost:{port}/my-app/Message".encode(), "b")
