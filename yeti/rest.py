@@ -26,7 +26,6 @@ from yeti.errors import (
     BadRequest,
     MethodNotAllowed,
     NotFound,
-    PayloadTooLarge,
     Unavailable,
     UnsupportedMediaType,
     YetiError,
@@ -139,7 +138,6 @@ class Endpoint(resource.Resource):
     def __init__(
         self,
         target: Resource,
-        config: HTTPConfig,
         cors: Cors,
         in_flight: InFlight,
         upgrade: StreamHandler,
@@ -147,7 +145,6 @@ class Endpoint(resource.Resource):
     ) -> None:
         super().__init__()
         self._target = target
-        self._config = config
         self._cors = cors
         self._in_flight = in_flight
         self._upgrade = upgrade
@@ -197,10 +194,10 @@ class Endpoint(resource.Resource):
         return server.NOT_DONE_YET
 
     def _read_body(self, request: IRequest) -> bytes:
-        limit = self._config.max_body_size
-        length = request.getHeader(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        """
+        The JSON body.  Its size needs no check here: L{yeti.site.BoundedRequest}
+        has already answered 413 to any body over C{http.maxBodySize}.
+        """
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if content_type and not (
             content_type == b"application/json" or content_type.endswith(b"+json")
@@ -209,10 +206,7 @@ class Endpoint(resource.Resource):
                 f"content type {content_type.decode('latin-1')!r} is not supported;"
                 " send application/json"
             )
-        body = request.content.read(limit + 1)
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        return body
+        return request.content.read()
 
     def _finish(self, result: Any, request: server.Request) -> None:
         self._in_flight.leave()

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web import server
 
 from yeti.config import AppConfig, ServerConfig
-from yeti.errors import BadRequest, ConfigError
+from yeti.errors import BadRequest, ConfigError, PayloadTooLarge
 from yeti.pubsub import PubSub
 from yeti.resources import AppContext, Resource, TableResource, load_resources
 from yeti.rest import AppResource, Cors, Endpoint, InFlight, RootResource
@@ -82,7 +82,7 @@ def make_site(
     roots: dict[str, AppResource] = {}
     for app in apps:
         endpoints = {
-            name: Endpoint(target, config.http, cors, in_flight, ws_factory.upgrade, sse)
+            name: Endpoint(target, cors, in_flight, ws_factory.upgrade, sse)
             for name, target in app.resources.items()
         }
         # /{app_id}/{table or resource}[/{id}]: REST, WebSocket upgrade, SSE
@@ -128,13 +128,12 @@ class BoundedRequest(server.Request):
 
     def _refuse(self) -> None:
         self._refused = True
-        body = orjson.dumps(
-            {"error": f"request body is larger than {self._max_body_size} bytes"}
-        )
+        error = PayloadTooLarge(f"request body is larger than {self._max_body_size} bytes")
+        body = orjson.dumps({"error": error.message})
         transport = self.channel.transport
         transport.write(
-            b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 %d Payload Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (error.status, len(body), body)
         )
         transport.loseConnection()
 
