@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import ClientCreator, Protocol
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -28,6 +28,7 @@ from tests.test_websocket import (
     realtime_apps,
     with_timeout,
 )
+from yeti.sse import CONNECTED
 
 
 class SSEClient(Protocol):
@@ -301,6 +302,92 @@ class CustomResourceSSETests(SSETestCase):
         self.assertEqual(status, 400)
         self.assertIsInstance(body["error"], str)
         self.assertEqual(pubsub_of(self.daemon).topic_count(), 0)
+
+
+class _RawClient(Protocol):
+    """Keeps every byte a server sends."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost.callback(None)
+
+
+def _dechunk(body: bytes) -> tuple[bytes, bytes]:
+    """Decode complete HTTP/1.1 chunks; return (decoded, undecoded rest)."""
+    decoded = b""
+    while b"\r\n" in body:
+        size_line, rest = body.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if len(rest) < size + 2:
+            break
+        if rest[size:size + 2] != b"\r\n":
+            raise AssertionError(f"chunk of {size} bytes not followed by CRLF: {rest!r}")
+        decoded += rest[:size]
+        body = rest[size + 2:]
+    return decoded, body
+
+
+class SSEWireTests(SSETestCase):
+    """
+    The bytes on the wire over plain HTTP, where events are written straight
+    to the socket as prepared chunks.
+    """
+
+    tls = False
+
+    async def raw_stream(self, version: bytes) -> _RawClient:
+        client = _RawClient()
+        await ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", self.daemon.port)
+        self.addCleanup(lambda: client.lost)
+        self.addCleanup(client.transport.loseConnection)
+        client.transport.write(
+            b"GET /my-app/Message?stream=sse " + version + b"\r\nHost: localhost\r\n\r\n"
+        )
+        await eventually(lambda: b'"connected"' in client.data, "the connected event")
+        return client
+
+    async def post_many(self, count: int) -> list[dict[str, Any]]:
+        records = [{"id": f"w{i}", "title": "t" * i, "content": "\u00e9" * i}
+                   for i in range(count)]
+        for record in records:
+            await self.post(record)
+        return records
+
+    def assert_updates(self, events: bytes, records: list[dict[str, Any]]) -> None:
+        frames = [f for f in events.split(b"\n\n") if f.startswith(b"event: update")]
+        self.assertEqual(len(frames), len(records), events)
+        for frame, record in zip(frames, records, strict=True):
+            lines = frame.split(b"\n")
+            self.assertEqual(lines[1], b"id: " + record["id"].encode())
+            self.assertEqual(json.loads(lines[2].removeprefix(b"data: ")), record)
+
+    async def test_http11_chunks(self) -> None:
+        """Over HTTP/1.1 every event is one well-formed chunk, in commit order."""
+        client = await self.raw_stream(b"HTTP/1.1")
+        records = await self.post_many(20)
+        await eventually(lambda: client.data.count(b"event: update") == 20, "20 updates")
+        head, _, body = client.data.partition(b"\r\n\r\n")
+        self.assertIn(b"Transfer-Encoding: chunked", head)
+        decoded, rest = _dechunk(body)
+        self.assertEqual(rest, b"")
+        self.assertTrue(decoded.startswith(CONNECTED), decoded)
+        self.assert_updates(decoded, records)
+
+    async def test_http10_unchunked(self) -> None:
+        """An HTTP/1.0 client gets the events without chunked coding."""
+        client = await self.raw_stream(b"HTTP/1.0")
+        records = await self.post_many(5)
+        await eventually(lambda: client.data.count(b"event: update") == 5, "5 updates")
+        head, _, body = client.data.partition(b"\r\n\r\n")
+        self.assertNotIn(b"chunked", head.lower())
+        self.assertTrue(body.startswith(CONNECTED), body)
+        self.assert_updates(body, records)
 
 
 def _ping_timers() -> list[Any]:

@@ -27,6 +27,7 @@ from yeti.site import App, build_app, health_report, make_site, topic_check
 from yeti.sse import SSEStreams
 from yeti.storage import SQLiteStorage
 from yeti.tls import context_factory, ensure_certificate
+from yeti.transports import tls_server_factory
 from yeti.websocket import YetiWebSocketFactory
 
 
@@ -123,9 +124,8 @@ def make_service_from_config(config: ServerConfig, reactor: Any) -> service.Mult
             key, cert = ensure_certificate(
                 os.path.join(config.root_directory, "certs", "localhost")
             )
-        port: internet.TCPServer = internet.SSLServer(
-            http.port, site, context_factory(key, cert), interface=http.host
-        )
+        tls = tls_server_factory(context_factory(key, cert), site)
+        port = internet.TCPServer(http.port, tls, interface=http.host)
     else:
         port = internet.TCPServer(http.port, site, interface=http.host)
     HTTPService(port, ws_factory, sse, reactor).setServiceParent(root)

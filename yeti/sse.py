@@ -3,7 +3,9 @@ Server-Sent Events on table and record URLs (C{?stream=sse} or
 C{Accept: text/event-stream}).
 
 Each stream subscribes to the URL's topic.  Frames are built once per event
-and cached on it.  The stream is the request's push producer, so a client
+and cached on it; on HTTP/1.1 the cached bytes are the whole chunk (size
+line, frame, CRLF), written straight to the connection's transport like a
+WebSocket frame.  The stream is the request's push producer, so a client
 that stops reading fills at most C{ws.queueSize} queued events before it is
 cut off, like a WebSocket; one that stays paused (its transport has not
 resumed us) for more than two ping intervals is cut off too, however few
@@ -33,6 +35,7 @@ from yeti.config import SSEConfig
 from yeti.errors import BadRequest, Unavailable
 from yeti.pubsub import DELETE, PUBLISH, RETAINED, UPDATE, Event, Outbox, PubSub
 from yeti.resources import Resource
+from yeti.transports import write_now
 
 _log = Logger()
 
@@ -49,6 +52,12 @@ def sse_frame(event: Event) -> bytes:
     if event.message_type != PUBLISH:
         frame += b"id: " + _id_line(event.id) + b"\n"
     return frame + b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def sse_chunk(event: Event) -> bytes:
+    """L{sse_frame} in HTTP/1.1 chunked coding: what C{Request.write} would send."""
+    frame = sse_frame(event)
+    return b"%x\r\n%b\r\n" % (len(frame), frame)
 
 
 def _id_line(value: Any) -> bytes:
@@ -98,7 +107,13 @@ class SSEStream:
         self._outbox.put(event)
 
     def _send_event(self, event: Event) -> None:
-        self._write(event.encoded(sse_frame, sse_frame))
+        request = self._request
+        if self._open and request.chunked and request.channel is not None:
+            # The headers went out with CONNECTED; the chunk is built once
+            # for all streams and skips Request.write's per-call work.
+            write_now(request.channel.transport, event.encoded(sse_chunk, sse_chunk))
+        else:
+            self._write(event.encoded(sse_frame, sse_frame))
 
     def _lag(self) -> None:
         self._pubsub.lagged(self, self.topics)

@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -30,6 +29,7 @@ from yeti.config import WSConfig
 from yeti.errors import BadRequest, Unavailable, YetiError
 from yeti.pubsub import Event, Outbox, PubSub
 from yeti.resources import Resource
+from yeti.transports import write_now
 
 _log = Logger()
 
@@ -233,35 +233,6 @@ _ACTIONS: dict[str, Callable[[YetiWebSocketProtocol, dict[str, Any]], None]] = {
     "unsubscribe": YetiWebSocketProtocol.handle_unsubscribe,
     "publish": YetiWebSocketProtocol.handle_publish,
 }
-
-
-def write_now(transport: Any, data: bytes) -> None:
-    """
-    Write C{data}, sending it at once when C{transport} is a plain TCP
-    connection with nothing buffered.
-
-    Twisted's C{write} always buffers and sends on the next reactor turn:
-    for one event fanned out to N sockets that is N registrations with
-    epoll, N dispatches and N unregistrations besides the N sends, the
-    largest cost in the fan-out profile (docs/benchmarks.md).  Sending at
-    once when the buffer is empty keeps the order of bytes (anything already
-    buffered goes first, since we then fall back to C{write}) and leaves
-    anything not sent to Twisted as usual.
-    """
-    if (
-        isinstance(transport, tcp.Connection)
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
-    ):
-        sent = transport.writeSomeData(data)
-        if not isinstance(sent, int):  # the connection is gone: let Twisted notice
-            return
-        data = data[sent:]
-        if not data:
-            return
-    transport.write(data)
 
 
 class YetiWebSocketFactory(WebSocketServerFactory):
