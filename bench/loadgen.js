@@ -14,15 +14,19 @@
  * by message format, so the same code counts Yeti's and HarperDB's
  * WebSocket and SSE messages.  The generator's own CPU time is measured over
  * the load window (process.cpuUsage) and reported, so a saturated generator
- * is visible in the table.
+ * is visible in the table.  The fan-out scenario spreads its subscribers over
+ * `generators` forked processes (this file, scenario "subscribers") so that
+ * one Node process is not the bottleneck; see fanout().
  *
  * Config fields: scenario (fanout | fanin | rest | connections | durability),
  * host, port, tls, wsPath, ssePath, postPath, getPath (prefix for /<id>),
  * auth (Authorization header value or null), transport (ws | sse),
- * subscribers, records, clients, requests, connections, probePath/probePort,
- * marker, idleTimeout (s), concurrency (connection opens in flight).
+ * subscribers, generators, records, clients, requests, connections,
+ * probePath/probePort, marker, idleTimeout (s), concurrency (connection opens
+ * in flight, per process).
  */
 
+const { fork } = require('child_process');
 const http = require('http');
 const https = require('https');
 const { performance } = require('perf_hooks');
@@ -48,6 +52,22 @@ function waitForGo(info) {
   return new Promise((resolve) => {
     const rl = readline.createInterface({ input: process.stdin });
     rl.once('line', () => { rl.close(); resolve(); });
+  });
+}
+
+/* Milliseconds on CLOCK_MONOTONIC (process.hrtime): comparable across processes on Linux. */
+function now() {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
+
+/* The next IPC message of `type` from `peer` (a child, or `process` in a child). */
+function message(peer, type) {
+  return new Promise((resolve, reject) => {
+    const onMessage = (m) => { if (m && m.type === type) { off(); resolve(m); } };
+    const onExit = (code) => { off(); reject(new Error(`subscriber process exited with ${code} before "${type}"`)); };
+    const off = () => { peer.off('message', onMessage); peer.off('exit', onExit); };
+    peer.on('message', onMessage);
+    if (peer !== process) peer.on('exit', onExit);
   });
 }
 
@@ -204,55 +224,40 @@ function openSse(path, onEvent) {
 
 // -- scenarios ---------------------------------------------------------------
 
+/*
+ * Fan-out, writer side: this process forks `generators` subscriber processes
+ * (this file again, scenario "subscribers"), each holding a share of the N
+ * subscribers; once all are connected (a barrier) it POSTs the M records and
+ * merges their reports.  Times are process.hrtime (CLOCK_MONOTONIC on Linux:
+ * one clock for every process), so latency = POST sent (here) -> message
+ * received (there).  Every subscriber lives in exactly one process, so the
+ * summed delivered / missing / duplicated counts are exact.
+ */
 async function fanout() {
   const N = cfg.subscribers;
   const M = cfg.records;
-  const match = makeMatcher(cfg.marker);
-  const seen = new Uint8Array(N * M);
-  const latency = new Float32Array(N * M);
-  const sentAt = new Float64Array(M);
-  let delivered = 0;
-  let duplicated = 0;
-  let foreign = 0;
-  let lastDelivery = 0;
-  let closedEarly = 0;
-  const closeCodes = {};
-
-  function onPayload(k, buf) {
-    const now = performance.now();
-    const i = match(buf);
-    if (i < 0 || i >= M) { foreign++; return; }
-    const slot = k * M + i;
-    if (seen[slot]) { duplicated++; return; }
-    seen[slot] = 1;
-    latency[delivered++] = now - sentAt[i];
-    lastDelivery = now;
-    if (delivered === N * M && doneResolve) doneResolve();
+  const K = Math.max(1, Math.min(cfg.generators || 1, N));
+  const children = [];
+  for (let g = 0; g < K; g++) {
+    const share = Math.floor(N / K) + (g < N % K ? 1 : 0);
+    const childCfg = Object.assign({}, cfg, { scenario: 'subscribers', subscribers: share, pause: false });
+    children.push(fork(__filename, [JSON.stringify(childCfg)], {
+      serialization: 'advanced', stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    }));
   }
+  const ready = await Promise.all(children.map((c) => message(c, 'ready')));
+  const open = ready.reduce((a, r) => a + r.open, 0);
+  await waitForGo({ open });
 
-  let doneResolve = null;
-  const done = new Promise((r) => { doneResolve = r; });
-  const t0 = performance.now();
-  const opened = await openMany(N, (k) => {
-    if (cfg.transport === 'sse') {
-      return openSse(cfg.ssePath, (ev) => onPayload(k, ev));
-    }
-    return openWs(cfg.wsPath, (data) => onPayload(k, data)).then((ws) => {
-      ws.on('close', (code) => { closedEarly++; closeCodes[code] = (closeCodes[code] || 0) + 1; });
-      return ws;
-    });
-  });
-  log(`fanout: ${opened.conns.length}/${N} ${cfg.transport} subscribers open in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  // Let the server finish its side of the handshakes (SSE: process the requests).
-  await sleep(cfg.transport === 'sse' ? 2000 : 500);
-  await waitForGo({ open: opened.conns.length });
-
+  const reports = Promise.all(children.map((c) => message(c, 'report')));
+  for (const c of children) c.send({ type: 'go' });
   const writer = agent(1);
+  const sentAt = new Float64Array(M);
   let postErrors = 0;
   const cpu = cpuWindow();
-  const firstPost = performance.now();
+  const firstPost = now();
   for (let i = 0; i < M; i++) {
-    sentAt[i] = performance.now();
+    sentAt[i] = now();
     try {
       const r = await request(writer, 'POST', cfg.postPath,
         { id: `${cfg.marker}-${i}`, title: cfg.marker, content: 'benchmark record with a short body' });
@@ -265,7 +270,91 @@ async function fanout() {
       if (postErrors < 3) log(`POST failed: ${e.message}`);
     }
   }
-  const lastPost = performance.now();
+  const lastPost = now();
+  for (const c of children) c.send({ type: 'drain', sentAt });
+  const parts = await reports;
+  const gen = cpu();
+
+  const sum = (key) => parts.reduce((a, p) => a + p[key], 0);
+  const delivered = sum('delivered');
+  const latency = new Float32Array(delivered);
+  let at = 0;
+  for (const p of parts) { latency.set(p.latency, at); at += p.latency.length; }
+  const closeCodes = {};
+  const openErrors = {};
+  for (const p of parts) {
+    for (const [k, v] of Object.entries(p.close_codes)) closeCodes[k] = (closeCodes[k] || 0) + v;
+    for (const [k, v] of Object.entries(p.open_errors)) openErrors[k] = (openErrors[k] || 0) + v;
+  }
+  const lastDelivery = Math.max(0, ...parts.map((p) => p.last_delivery));
+  const elapsed = (lastDelivery || lastPost) - firstPost;
+  // Generator CPU: the sum over the writer and every subscriber process, over the writer's window.
+  const processes = [Object.assign({ role: 'writer' }, gen)]
+    .concat(parts.map((p) => Object.assign({ role: 'subscribers', subscribers: p.subscribers }, p.generator)));
+  const cpuMs = processes.reduce((a, p) => a + p.cpu_ms, 0);
+  finish({
+    subscribers: open, generators: K, failed_opens: sum('failed_opens'), open_errors: openErrors,
+    records: M, delivered, expected: open * M, missing: Math.max(0, N * M - delivered),
+    duplicated: sum('duplicated'), foreign: sum('foreign'),
+    post_errors: postErrors, bad_status: sum('bad_status'), closed_early: sum('closed_early'), close_codes: closeCodes,
+    post_seconds: (lastPost - firstPost) / 1000, seconds: elapsed / 1000,
+    msgs_per_s: elapsed > 0 ? delivered / (elapsed / 1000) : 0,
+    posts_per_s: M / ((lastPost - firstPost) / 1000),
+    latency_ms: percentiles(latency, delivered),
+    generator: { cpu_ms: cpuMs, wall_ms: gen.wall_ms, cpu_pct: gen.wall_ms > 0 ? (100 * cpuMs) / gen.wall_ms : 0, processes },
+  });
+}
+
+/* Fan-out, subscriber side (a process forked by fanout()): talks to it over IPC. */
+async function subscribers() {
+  process.on('disconnect', () => process.exit(1)); // the writer is gone
+  const N = cfg.subscribers;
+  const M = cfg.records;
+  const match = makeMatcher(cfg.marker);
+  const seen = new Uint8Array(N * M);
+  const base = now();
+  const receivedAt = new Float32Array(N * M); // ms after `base`, per (subscriber, record)
+  let delivered = 0;
+  let duplicated = 0;
+  let foreign = 0;
+  let lastDelivery = 0;
+  let closedEarly = 0;
+  const closeCodes = {};
+  let doneResolve = null;
+  const done = new Promise((r) => { doneResolve = r; });
+
+  function onPayload(k, buf) {
+    const t = now();
+    const i = match(buf);
+    if (i < 0 || i >= M) { foreign++; return; }
+    const slot = k * M + i;
+    if (seen[slot]) { duplicated++; return; }
+    seen[slot] = 1;
+    receivedAt[slot] = t - base;
+    delivered++;
+    lastDelivery = t;
+    if (delivered === N * M) doneResolve();
+  }
+
+  const t0 = now();
+  const opened = await openMany(N, (k) => {
+    if (cfg.transport === 'sse') {
+      return openSse(cfg.ssePath, (ev) => onPayload(k, ev));
+    }
+    return openWs(cfg.wsPath, (data) => onPayload(k, data)).then((ws) => {
+      ws.on('close', (code) => { closedEarly++; closeCodes[code] = (closeCodes[code] || 0) + 1; });
+      return ws;
+    });
+  });
+  log(`fanout: ${opened.conns.length}/${N} ${cfg.transport} subscribers open in ${((now() - t0) / 1000).toFixed(1)} s (pid ${process.pid})`);
+  // Let the server finish its side of the handshakes (SSE: process the requests).
+  await sleep(cfg.transport === 'sse' ? 2000 : 500);
+  const go = message(process, 'go');
+  const drain = message(process, 'drain');
+  process.send({ type: 'ready', open: opened.conns.length });
+  await go;
+  const cpu = cpuWindow();
+  const { sentAt } = await drain; // the writer has sent its last POST
   // Wait for the rest, until nothing arrives for idleTimeout seconds.
   const idleMs = (cfg.idleTimeout || 10) * 1000;
   for (;;) {
@@ -277,22 +366,20 @@ async function fanout() {
   if (cfg.transport === 'sse') {
     for (const st of opened.conns) if (st.closedEarly) closedEarly++;
   }
+  const latency = new Float32Array(delivered);
+  let j = 0;
+  for (let slot = 0; slot < N * M; slot++) {
+    if (seen[slot]) latency[j++] = base + receivedAt[slot] - sentAt[slot % M];
+  }
   const badStatus = opened.conns.filter((st) => st.status !== undefined && st.status !== null && st.status !== 200 && st.status !== 101).length;
-  const expected = opened.conns.length * M;
-  const elapsed = (lastDelivery || lastPost) - firstPost;
-  const lat = percentiles(latency, delivered);
   for (const c of opened.conns) {
     if (c.terminate) c.terminate(); else c.close();
   }
-  finish({
-    subscribers: opened.conns.length, failed_opens: opened.failed, open_errors: opened.errors,
-    records: M, delivered, expected, missing: Math.max(0, N * M - delivered), duplicated, foreign,
-    post_errors: postErrors, bad_status: badStatus, closed_early: closedEarly, close_codes: closeCodes,
-    post_seconds: (lastPost - firstPost) / 1000, seconds: elapsed / 1000,
-    msgs_per_s: elapsed > 0 ? delivered / (elapsed / 1000) : 0,
-    posts_per_s: M / ((lastPost - firstPost) / 1000),
-    latency_ms: lat, generator: gen,
-  });
+  process.send({
+    type: 'report', subscribers: opened.conns.length, failed_opens: opened.failed, open_errors: opened.errors,
+    delivered, duplicated, foreign, bad_status: badStatus, closed_early: closedEarly, close_codes: closeCodes,
+    last_delivery: lastDelivery, latency, generator: gen,
+  }, () => process.exit(0));
 }
 
 async function fanin() {
@@ -464,7 +551,7 @@ async function connections() {
     closed_early: closedEarly, still_open: stillOpen, open_seconds: openSeconds });
 }
 
-const scenarios = { fanout, fanin, rest, durability, connections };
+const scenarios = { fanout, subscribers, fanin, rest, durability, connections };
 scenarios[cfg.scenario]().catch((e) => {
   log('failed:', e && e.stack || e);
   process.exit(2);

@@ -24,6 +24,9 @@ Scenarios (C{--scenarios}, comma-separated; default all):
                  table URL, one writer POSTing M records (C{--records})
                  sequentially on one keep-alive connection
   - sse          SSE fan-out, C{--sse-subscribers} subscribers
+                 (both fan-outs: the subscribers are spread over C{--generators}
+                 Node processes, the writer is one more; latency is measured on
+                 CLOCK_MONOTONIC, the same clock in every process)
   - fanin        C{--fanin-clients} WebSocket clients each sending
                  C{--fanin-records} records (default incoming handler)
   - rest         C{--rest-clients} keep-alive clients, C{--rest-requests}
@@ -152,6 +155,14 @@ def cpu_seconds(pid: int) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies over all cores, from the first line of /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [float(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
 
 
 def http_json(
@@ -661,12 +672,13 @@ class Bench:
             os.makedirs(self.args.profile, exist_ok=True)
             profiler = Profiler(self.args.profile, f"yeti-{server.variant}-fanout-{n}", server.pid)
             on_ready = lambda info: profiler.start()  # noqa: E731
-        cpu0 = {}
+        cpu0: dict[str, Any] = {}
 
         def ready(info: dict) -> None:
             if on_ready:
                 on_ready(info)
             cpu0["cpu"], cpu0["t"] = cpu_seconds(server.pid), time.time()
+            cpu0["machine"] = machine_busy()
 
         result = self.measured(
             server,
@@ -675,6 +687,7 @@ class Bench:
                 "transport": transport,
                 "subscribers": n,
                 "records": self.args.records,
+                "generators": self.args.generators,
                 "marker": marker(),
                 "idleTimeout": self.args.idle_timeout,
             },
@@ -684,6 +697,9 @@ class Bench:
             result["server_cpu_pct"] = (
                 100 * (cpu_seconds(server.pid) - cpu0["cpu"]) / (time.time() - cpu0["t"])
             )
+            (busy0, total0), (busy1, total1) = cpu0["machine"], machine_busy()
+            busy, total = busy1 - busy0, total1 - total0
+            result["machine_busy_pct"] = 100 * busy / total if total else 0
         if profiler is not None:
             summary = profiler.stop()
             self.profiles.append(f"{server.name} {server.variant} WS fan-out N={n}\n{summary}")
@@ -694,7 +710,8 @@ class Bench:
             f"{server.name}/{server.variant} {transport} fan-out N={n}: "
             f"{result['msgs_per_s']:.0f} msg/s, p50 {_ms(lat['p50'])} p99 {_ms(lat['p99'])} ms, "
             f"missing {result['missing']} dup {result['duplicated']}, "
-            f"generator {result['generator']['cpu_pct']:.0f}% CPU"
+            f"generator {_generator_cpu(result['generator'])}% CPU, "
+            f"all cores {result.get('machine_busy_pct', 0):.0f}% busy"
         )
 
     def scenario_fanin(self, server: Server) -> None:
@@ -826,6 +843,15 @@ def _quantiles(latency: dict[str, float | None], *names: str) -> str:
     return " / ".join(_ms(latency[name]) for name in names)
 
 
+def _generator_cpu(generator: dict[str, Any]) -> str:
+    """Total generator CPU %, and per process (writer + subscriber processes) if several."""
+    total = f"{generator['cpu_pct']:.0f}"
+    processes = generator.get("processes")
+    if not processes:
+        return total
+    return total + " (" + " + ".join(f"{p['cpu_pct']:.0f}" for p in processes) + ")"
+
+
 def _rate_p50(result: dict[str, Any]) -> str:
     return f"{_rate(result['per_s'])} ({_ms(result['latency_ms']['p50'])})"
 
@@ -854,9 +880,11 @@ def table(bench: Bench) -> str:
         )
         rows.append(
             (
-                f"{title}: server CPU % / generator CPU %",
+                f"{title}: server CPU % / generator CPU % (writer + subscribers)"
+                " / all cores busy %",
                 lambda c: (
-                    f"{c[key].get('server_cpu_pct', 0):.0f} / {c[key]['generator']['cpu_pct']:.0f}"
+                    f"{c[key].get('server_cpu_pct', 0):.0f} / {_generator_cpu(c[key]['generator'])}"
+                    f" / {c[key].get('machine_busy_pct', 0):.0f}"
                 ),
             )
         )
@@ -1039,6 +1067,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--records", type=int, default=2000, help="records POSTed per fan-out run (default 2000)"
     )
     parser.add_argument("--sse-subscribers", type=int, default=1000)
+    parser.add_argument(
+        "--generators",
+        type=int,
+        default=max(1, min(4, (os.cpu_count() or 2) - 1)),
+        help="fan-out (WS and SSE): generator processes the N subscribers are spread over; the "
+        "writer is one more (default: cores - 1, between 1 and 4; one core is left to the server)",
+    )
     parser.add_argument("--fanin-clients", type=int, default=100)
     parser.add_argument("--fanin-records", type=int, default=100, help="records per fan-in client")
     parser.add_argument("--rest-clients", type=int, default=50)

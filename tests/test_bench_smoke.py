@@ -48,7 +48,10 @@ class BenchSmokeTests(unittest.TestCase):
     timeout = 120
 
     def test_tiny_fanout_run(self) -> None:
-        """A run with 5 subscribers and 10 records prints its table: 0 missing, 0 duplicated."""
+        """
+        A run with 5 subscribers (over 2 generator processes) and 10 records prints its
+        table: 0 missing, 0 duplicated.
+        """
         _ensure_generator()
         scratch = tempfile.mkdtemp(prefix="yeti-bench-smoke-")
         self.addCleanup(shutil.rmtree, scratch, True)
@@ -67,6 +70,8 @@ class BenchSmokeTests(unittest.TestCase):
                 "5",
                 "--records",
                 "10",
+                "--generators",
+                "2",
                 "--scratch",
                 os.path.join(scratch, "run"),
                 "--json",
@@ -84,6 +89,9 @@ class BenchSmokeTests(unittest.TestCase):
         with open(out) as f:
             fanout = json.load(f)["results"]["yeti ws"]["ws-fanout-5"]
         self.assertEqual(fanout["subscribers"], 5)
+        self.assertEqual(fanout["generators"], 2)
+        roles = [p["role"] for p in fanout["generator"]["processes"]]
+        self.assertEqual(roles, ["writer", "subscribers", "subscribers"])
         self.assertEqual(fanout["delivered"], 50)
         self.assertEqual(fanout["missing"], 0)
         self.assertEqual(fanout["duplicated"], 0)
