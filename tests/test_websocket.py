@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from twisted.web.client import Agent, readBody
 
 from tests.harness import MESSAGE_SCHEMA, DaemonTestCase, write_app
 from yeti.pubsub import PubSub
+from yeti.websocket import _HANDSHAKE_ONLY, _SendQueue
 
 TIMEOUT = 5.0
 
@@ -605,6 +607,28 @@ class UpgradeRefusedTests(RealtimeTestCase):
     async def test_too_deep(self) -> None:
         """A path below a record answers 404."""
         await self.assert_refused("/my-app/Message/a/b", 404)
+
+
+class IdleMemoryTests(RealtimeTestCase):
+    async def test_handshake_state_dropped(self) -> None:
+        """
+        Once open, the server side keeps none of Autobahn's handshake-only
+        attributes, a small attribute dict and a small send queue, and still
+        works, including Autobahn's queued (sync) sends.
+        """
+        client = await self.subscribe_table()
+        (protocol,) = ws_factory_of(self.daemon).protocols
+        for name in _HANDSHAKE_ONLY:
+            self.assertNotIn(name, vars(protocol))
+        self.assertLess(sys.getsizeof(vars(protocol)), 2048)
+        self.assertIsInstance(protocol.send_queue, _SendQueue)
+        protocol.sendMessage(b'{"queued": 1}', sync=True)
+        protocol.sendMessage(b'{"queued": 2}', sync=True)
+        self.assertEqual(await client.next(), {"queued": 1})
+        self.assertEqual(await client.next(), {"queued": 2})
+        record = {"id": "after-open", "title": "a", "content": "b"}
+        await self.post(record)
+        self.assert_update(await client.next(), record)
 
 
 class HeartbeatTests(RealtimeTestCase):

@@ -195,13 +195,18 @@ class Outbox:
     (a record and its table) is written once.
     """
 
+    # one per connection: no attribute dict
+    __slots__ = ("_limit", "_write", "_overflow", "_queue", "_last", "_held", "paused", "closed")
+
     def __init__(
         self, limit: int, write: Callable[[Event], None], overflow: Callable[[], None]
     ) -> None:
         self._limit = limit
         self._write = write
         self._overflow = overflow
-        self._queue: deque[Event] = deque()
+        # made when the first event has to wait: an empty deque is 760 bytes,
+        # and most subscribers never queue anything
+        self._queue: deque[Event] | None = None
         self._last: Event | None = None
         self._held = True
         self.paused = False
@@ -212,6 +217,8 @@ class Outbox:
             return
         self._last = event
         if self.paused or self._held or self._queue:
+            if self._queue is None:
+                self._queue = deque()
             if len(self._queue) >= self._limit:
                 self.close()
                 self._overflow()
@@ -235,7 +242,7 @@ class Outbox:
     def close(self) -> None:
         """Drop what is queued and write nothing more."""
         self.closed = True
-        self._queue.clear()
+        self._queue = None
 
     def _flush(self) -> None:
         while self._queue and not (self.paused or self._held or self.closed):

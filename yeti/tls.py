@@ -24,8 +24,12 @@ from yeti.errors import ConfigError
 KEY_FILE = "privkey.pem"
 CERT_FILE = "cert.pem"
 
-# TLS 1.2 suites; OpenSSL configures the TLS 1.3 suites (all AEAD) separately.
+# TLS 1.2 suites; the TLS 1.3 suites (all AEAD) are set separately.
 _CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+# OpenSSL's TLS 1.3 suites with AES-128-GCM first instead of AES-256-GCM:
+# its cipher and SHA-256 contexts make an established connection about
+# 0.2 KiB smaller, and it encrypts with 10 AES rounds instead of 14.
+_TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 _VALIDITY = datetime.timedelta(days=365)
 
 
@@ -135,13 +139,16 @@ def context_factory(key_path: str, cert_path: str) -> CertificateOptions:
     chain = _load_chain(cert_path)
     if _public_der(key.public_key()) != _public_der(chain[0].public_key()):
         raise ConfigError(f"{key_path}: private key does not match the certificate {cert_path}")
-    return CertificateOptions(
+    options = CertificateOptions(
         privateKey=crypto.PKey.from_cryptography_key(key),
         certificate=crypto.X509.from_cryptography(chain[0]),
         extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(_CIPHERS),
     )
+    # CertificateOptions makes its context once and gives it to every connection.
+    options.getContext().set_tls13_ciphersuites(_TLS13_SUITES)
+    return options
 
 
 def _read(path: str) -> bytes:
