@@ -42,7 +42,8 @@ scenario (a table-level subscriber first receives every existing record).
 If HarperDB cannot be installed or started, its column says why and Yeti's
 columns are still produced.  C{--json FILE} writes the raw results;
 C{--profile DIR} records our daemon with py-spy during each WS fan-out and
-prints the top frames.
+the REST scenario and prints the top frames, each thread's share, and the
+reactor thread's self time in C{yeti/storage.py}.
 """
 
 from __future__ import annotations
@@ -543,6 +544,7 @@ class Profiler:
                 "--rate",
                 "200",
                 "--nonblocking",
+                "--threads",
                 "--format",
                 "raw",
                 "-o",
@@ -566,9 +568,16 @@ class Profiler:
 
 
 def summarise_profile(path: str, top: int = 15) -> str:
-    """Self and inclusive time per frame from py-spy's collapsed-stack output."""
+    """
+    Self and inclusive time per frame from py-spy's collapsed-stack output,
+    the share of each thread, and how much of the reactor thread's time was
+    spent in C{yeti/storage.py} itself (SQLite calls made there would show up
+    as self time in that file: the writer and reader threads make them).
+    """
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    reactor_in_storage = 0
     total = 0
     try:
         with open(path) as f:
@@ -580,8 +589,15 @@ def summarise_profile(path: str, top: int = 15) -> str:
                 frames = stack.split(";")
                 if frames and frames[0].startswith("process "):
                     frames = frames[1:]
+                thread = "all"
                 if frames and frames[0].startswith("thread "):
+                    # "thread (tid): name"; "yeti-writer <file>", "PoolThread-yeti-readers-1"
+                    name = frames[0].partition(": ")[2].split(" ")[0]
+                    thread = name.rstrip("-0123456789") or frames[0]
                     frames = frames[1:]
+                threads[thread] += n
+                if thread == "MainThread" and frames and "/yeti/storage.py:" in frames[-1]:
+                    reactor_in_storage += n
                 total += n
                 if frames:
                     self_time[_short(frames[-1])] += n
@@ -591,7 +607,15 @@ def summarise_profile(path: str, top: int = 15) -> str:
         return f"(no profile: {e})"
     if not total:
         return "(no samples)"
-    lines = [f"py-spy samples: {total} ({path})", "  self%  frame"]
+    lines = [f"py-spy samples: {total} ({path})"]
+    lines.append("  threads: " + ", ".join(
+        f"{name} {100 * n / total:.1f}%" for name, n in threads.most_common()
+    ))
+    lines.append(
+        f"  reactor thread (MainThread) self time in yeti/storage.py: "
+        f"{100 * reactor_in_storage / total:.2f}% of samples"
+    )
+    lines.append("  self%  frame")
     lines += [f"  {100 * n / total:5.1f}  {frame}" for frame, n in self_time.most_common(top)]
     # inclusive time, without the frames every sample shares (twistd, reactor.run)
     shared = [f for f, n in inclusive.items() if n >= 0.95 * total]
@@ -740,6 +764,11 @@ class Bench:
 
     def scenario_rest(self, server: Server) -> None:
         server.empty_table()
+        profiler = None
+        if self.args.profile and server.name == "yeti":
+            os.makedirs(self.args.profile, exist_ok=True)
+            profiler = Profiler(self.args.profile, f"yeti-{server.variant}-rest", server.pid)
+            profiler.start()
         config = {
             "scenario": "rest",
             "clients": self.args.rest_clients,
@@ -749,6 +778,9 @@ class Bench:
         if server.probe_port:
             config.update(probePort=server.probe_port, probePath=server.probe_path)
         result = self.measured(server, config)
+        if profiler is not None:
+            summary = profiler.stop()
+            self.profiles.append(f"{server.name} {server.variant} REST\n{summary}")
         self.column(server)["rest"] = result
         log(
             f"{server.name}/{server.variant} REST: writes {result['writes']['per_s']:.0f}/s, "

@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
@@ -68,6 +70,20 @@ def write_config(root: str, apps: list[str], tls: bool = True, **sections: Any) 
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
     return path
+
+
+class RawClient(Protocol):
+    """A raw TCP peer: keeps every byte the server sends; C{lost} fires on close."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost.callback(None)
 
 
 @implementer(IPolicyForHTTPS)

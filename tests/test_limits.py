@@ -18,12 +18,10 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.protocols.tls import TLSMemoryBIOProtocol
-from twisted.python.failure import Failure
 
-from tests.harness import write_app
+from tests.harness import RawClient, write_app
 from tests.test_sse import SSETestCase
 from tests.test_websocket import (
     TIMEOUT,
@@ -183,20 +181,6 @@ class InFlightLimitTests(RealtimeTestCase):
         self.assertEqual((status, body), (200, []))
 
 
-class _Collect(Protocol):
-    """Collects what a raw TCP peer sends until the connection closes."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.lost: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.lost.callback(None)
-
-
 class PlainHTTPOnTLSPortTests(RealtimeTestCase):
     async def test_plain_http_refused(self) -> None:
         """
@@ -204,7 +188,7 @@ class PlainHTTPOnTLSPortTests(RealtimeTestCase):
         connection is closed; the daemon goes on serving HTTPS.
         """
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.daemon.port)
-        peer = await connectProtocol(endpoint, _Collect())
+        peer = await connectProtocol(endpoint, RawClient())
         peer.transport.write(b"GET /my-app/Message HTTP/1.1\r\nHost: localhost\r\n\r\n")
         await with_timeout(peer.lost, TIMEOUT, "the server to close the connection")
         self.assertFalse(peer.data.startswith(b"HTTP/"), peer.data)

@@ -18,7 +18,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from tests.harness import DaemonTestCase, write_app
+from tests.harness import DaemonTestCase, RawClient, write_app
 from tests.test_websocket import (
     TIMEOUT,
     eventually,
@@ -304,20 +304,6 @@ class CustomResourceSSETests(SSETestCase):
         self.assertEqual(pubsub_of(self.daemon).topic_count(), 0)
 
 
-class _RawClient(Protocol):
-    """Keeps every byte a server sends."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.lost: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.lost.callback(None)
-
-
 def _dechunk(body: bytes) -> tuple[bytes, bytes]:
     """Decode complete HTTP/1.1 chunks; return (decoded, undecoded rest)."""
     decoded = b""
@@ -341,8 +327,8 @@ class SSEWireTests(SSETestCase):
 
     tls = False
 
-    async def raw_stream(self, version: bytes) -> _RawClient:
-        client = _RawClient()
+    async def raw_stream(self, version: bytes) -> RawClient:
+        client = RawClient()
         await ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", self.daemon.port)
         self.addCleanup(lambda: client.lost)
         self.addCleanup(client.transport.loseConnection)
