@@ -701,6 +701,12 @@ class LagTests(RealtimeTestCase):
         self.assertEqual(pubsub.subscriber_count("Message"), 2)
 
 
+class PlainLagTests(LagTests):
+    """The same over plain TCP, where frames go out at once (write_now) until the socket is full."""
+
+    tls = False
+
+
 class CleanupTests(RealtimeTestCase):
     async def test_connect_disconnect_cycles(self) -> None:
         """After 300 connect/disconnect cycles (clean and aborted) nothing is left."""
