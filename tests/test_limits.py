@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.trial import unittest
 
 from tests.harness import RawClient, write_app
 from tests.test_sse import SSETestCase
@@ -35,6 +36,8 @@ from tests.test_websocket import (
     with_timeout,
     ws_factory_of,
 )
+from yeti.errors import Unavailable
+from yeti.limits import Connections
 
 # Requests to /slow-app/Slow wait here until the test fires them.
 PENDING: list[Deferred[None]] = []
@@ -281,3 +284,18 @@ class PlainSSEPeerTests(SSEPeerTests):
 
     tls = False
 
+
+
+class ConnectionsTests(unittest.TestCase):
+    """L{Connections} on its own."""
+
+    def test_websockets_and_streams_count_together(self) -> None:
+        """The limit counts both kinds; a 503 Unavailable past it, and room again after one goes."""
+        connections = Connections(3)
+        connections.websockets.update({"ws-1", "ws-2"})
+        connections.check()
+        connections.streams.add("sse-1")
+        error = self.assertRaises(Unavailable, connections.check)
+        self.assertEqual(error.status, 503)
+        connections.websockets.discard("ws-1")
+        connections.check()

@@ -26,10 +26,10 @@ from yeti.errors import (
     BadRequest,
     MethodNotAllowed,
     NotFound,
-    Unavailable,
     UnsupportedMediaType,
     YetiError,
 )
+from yeti.limits import InFlight
 from yeti.resources import Request, Resource, Response
 
 _log = Logger()
@@ -99,22 +99,6 @@ class Cors:
             request.setHeader(b"access-control-max-age", b"86400")
         request.setHeader(b"allow", ", ".join(allowed + ["OPTIONS"]).encode())
         return b""
-
-
-class InFlight:
-    """Counts requests being handled; refuses more than C{limit} (503)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.current = 0
-
-    def enter(self) -> None:
-        if self.current >= self.limit:
-            raise Unavailable("too many requests in flight; retry later")
-        self.current += 1
-
-    def leave(self) -> None:
-        self.current -= 1
 
 
 def wants_sse(request: IRequest, raw_query: str) -> bool:

@@ -20,9 +20,9 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from yeti.config import ServerConfig
 from yeti.errors import ConfigError
+from yeti.limits import Connections, InFlight
 from yeti.ops import make_ops_site
 from yeti.pubsub import PubSub
-from yeti.rest import InFlight
 from yeti.site import App, build_app, health_report, make_site, topic_check
 from yeti.sse import SSEStreams
 from yeti.storage import SQLiteStorage
@@ -106,13 +106,9 @@ def make_service_from_config(config: ServerConfig, reactor: Any) -> service.Mult
         apps.append(build_app(app_config, storage, pubsub, reactor))
 
     # http.maxConnections bounds WebSockets and SSE streams together
-    ws_factory = YetiWebSocketFactory(
-        config.ws, config.http.max_connections, reactor, topic_check,
-        other_connections=lambda: len(sse.streams),
-    )
-    sse = SSEStreams(
-        config.sse, reactor, config.http.max_connections, lambda: len(ws_factory.protocols)
-    )
+    connections = Connections(config.http.max_connections)
+    ws_factory = YetiWebSocketFactory(config.ws, connections, reactor, topic_check)
+    sse = SSEStreams(config.sse, reactor, connections)
     site = make_site(config, apps, ws_factory, sse, InFlight(config.http.max_in_flight_requests))
 
     http = config.http

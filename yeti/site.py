@@ -15,9 +15,10 @@ from twisted.web import server
 
 from yeti.config import AppConfig, ServerConfig
 from yeti.errors import BadRequest, ConfigError, PayloadTooLarge
+from yeti.limits import InFlight
 from yeti.pubsub import PubSub
 from yeti.resources import AppContext, Resource, TableResource, load_resources
-from yeti.rest import AppResource, Cors, Endpoint, InFlight, RootResource
+from yeti.rest import AppResource, Cors, Endpoint, RootResource
 from yeti.sse import SSEStreams
 from yeti.storage import IStorage
 from yeti.tables import TableAccess

@@ -20,7 +20,6 @@ WebSocket connections; past it a stream request is refused with 503.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -32,7 +31,8 @@ from twisted.web import server
 from twisted.web.iweb import IRequest
 
 from yeti.config import SSEConfig
-from yeti.errors import BadRequest, Unavailable
+from yeti.errors import BadRequest
+from yeti.limits import Connections
 from yeti.pubsub import DELETE, PUBLISH, RETAINED, UPDATE, Event, Outbox, PubSub
 from yeti.resources import Resource
 from yeti.transports import write_now
@@ -184,30 +184,26 @@ class SSEStreams:
     """
     Starts streams for requests and keeps the open ones (for shutdown and health).
 
-    @param max_connections: C{http.maxConnections}, shared with WebSocket.
-    @param other_connections: how many other long-lived connections (the
-        open WebSockets) count against it.
+    @param connections: the open long-lived connections; ours are its
+        C{streams}, counted with its C{websockets} against the limit.
     """
 
     def __init__(
         self,
         config: SSEConfig,
         clock: IReactorTime,
-        max_connections: int,
-        other_connections: Callable[[], int],
+        connections: Connections,
     ) -> None:
         self.config = config
         self.clock = clock
-        self.max_connections = max_connections
-        self._other_connections = other_connections
-        self.streams: set[SSEStream] = set()
+        self.connections = connections
+        self.streams: set[SSEStream] = connections.streams
 
     def __call__(self, request: IRequest, target: Resource, path_id: str | None) -> int:
         topic = target.topic(path_id)
         if topic is None:
             raise BadRequest(f"{request.path.decode('utf-8', 'replace')} has no event stream")
-        if len(self.streams) + self._other_connections() >= self.max_connections:
-            raise Unavailable("too many connections; retry later")
+        self.connections.check()
         stream = SSEStream(request, target.app.pubsub, self)
         self.streams.add(stream)
         stream.start(topic, Deferred.fromCoroutine(target.retained(path_id)))

@@ -26,7 +26,8 @@ from twisted.web import server
 from twisted.web.iweb import IRequest
 
 from yeti.config import WSConfig
-from yeti.errors import BadRequest, Unavailable, YetiError
+from yeti.errors import BadRequest, YetiError
+from yeti.limits import Connections
 from yeti.pubsub import Event, Outbox, PubSub
 from yeti.resources import Resource
 from yeti.transports import write_now
@@ -293,25 +294,23 @@ class YetiWebSocketFactory(WebSocketServerFactory):
 
     @param topic_check: C{(target, topic) -> None}, raising L{YetiError} for a
         topic that a connection of C{target} may not use.
-    @param other_connections: how many other long-lived connections (SSE
-        streams) count against C{max_connections} besides ours.
+    @param connections: the open long-lived connections; ours are its
+        C{websockets}, counted with its C{streams} against the limit.
     """
 
     def __init__(
         self,
         config: WSConfig,
-        max_connections: int,
+        connections: Connections,
         reactor: Any,
         topic_check: Callable[[Resource, str], None],
-        other_connections: Callable[[], int] = lambda: 0,
     ) -> None:
         super().__init__(server=None, reactor=reactor)
         self.config = config
         self.clock: IReactorTime = reactor
-        self.max_connections = max_connections
-        self._other_connections = other_connections
+        self.connections = connections
         self.check_topic = topic_check
-        self.protocols: set[YetiWebSocketProtocol] = set()
+        self.protocols: set[YetiWebSocketProtocol] = connections.websockets
         self.setProtocolOptions(
             autoPingInterval=config.ping_interval,
             autoPingTimeout=config.ping_timeout,
@@ -346,8 +345,7 @@ class YetiWebSocketFactory(WebSocketServerFactory):
         Hand the request's connection to a new protocol, which then runs the
         WebSocket opening handshake (after L{autobahn.twisted.resource.WebSocketResource}).
         """
-        if len(self.protocols) + self._other_connections() >= self.max_connections:
-            raise Unavailable("too many connections; retry later")
+        self.connections.check()
         if request.clientproto != b"HTTP/1.1":
             raise BadRequest("WebSocket upgrade needs HTTP/1.1")
         # A bad id in the URL (e.g. not an integer for an Int key) is an
