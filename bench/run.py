@@ -1032,7 +1032,7 @@ def machine(args: argparse.Namespace) -> str:
     except OSError:
         pass
     versions = []
-    for module in ("twisted", "autobahn", "orjson", "wsaccel", "OpenSSL"):
+    for module in ("twisted", "autobahn", "orjson", "OpenSSL"):
         try:
             from importlib.metadata import version
 
@@ -1040,6 +1040,12 @@ def machine(args: argparse.Namespace) -> str:
             versions.append(f"{dist} {version(dist)}")
         except Exception:  # noqa: BLE001
             versions.append(f"{module} not installed")
+    try:  # Autobahn's native UTF-8 validator and XOR masker (it no longer uses wsaccel)
+        from autobahn.websocket import USES_NVX
+
+        versions.append(f"Autobahn NVX {'on' if USES_NVX else 'off'}")
+    except ImportError:
+        pass
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     hdb = harperdb_version(args.harperdb_dir) if "harperdb" in args.servers else None
     return (
