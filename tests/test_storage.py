@@ -236,6 +236,22 @@ class StorageTests(TestCase):
         self.assertGreaterEqual(s.commits - before, 10)
 
     @deferred_test
+    async def test_concurrent_reads_batched(self) -> None:
+        """
+        Many concurrent reads each get their own record, and come back to the
+        reactor in fewer batches than reads.
+        """
+        s = self.start()
+        await s.write([Insert(PRODUCT, product(i)) for i in range(300)])
+        before = s.read_batches
+        pending = [s.get(PRODUCT, str(i)) for i in range(300)] + [s.get(PRODUCT, "absent")]
+        results = [await d for d in pending]
+        self.assertEqual([r["id"] for r in results[:-1]], [str(i) for i in range(300)])
+        self.assertIsNone(results[-1])
+        self.assertLess(s.read_batches - before, 301)
+        self.assertGreater(s.read_batches - before, 0)
+
+    @deferred_test
     async def test_restart_keeps_data(self) -> None:
         """Committed records are read back by a new storage on the same directory."""
         data_dir = self.mktemp()
