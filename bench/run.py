@@ -43,7 +43,7 @@ If HarperDB cannot be installed or started, its column says why and Yeti's
 columns are still produced.  C{--json FILE} writes the raw results;
 C{--profile DIR} records our daemon with py-spy during each WS fan-out and
 the REST scenario and prints the top frames, each thread's share, and the
-reactor thread's self time in C{yeti/storage.py}.
+reactor thread's samples inside SQLite work (there should be none).
 """
 
 from __future__ import annotations
@@ -567,17 +567,23 @@ class Profiler:
         return summarise_profile(self.path)
 
 
+# the functions of yeti/storage.py that run SQLite statements (py-spy frame names)
+_SQLITE_WORK = ("SQLiteStorage._fetch ", "_Writer._batch ", "_apply ", "SQLiteStorage._prepare ")
+
+
 def summarise_profile(path: str, top: int = 15) -> str:
     """
     Self and inclusive time per frame from py-spy's collapsed-stack output,
-    the share of each thread, and how much of the reactor thread's time was
-    spent in C{yeti/storage.py} itself (SQLite calls made there would show up
-    as self time in that file: the writer and reader threads make them).
+    the share of each thread, and how many of the reactor thread's samples
+    were inside the functions of C{yeti/storage.py} that run SQLite
+    statements (L{_SQLITE_WORK}: the writer and reader threads run them; on
+    the reactor thread they would block it) or anywhere in that file
+    (handing jobs over, firing results).
     """
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     threads: Counter[str] = Counter()
-    reactor_in_storage = 0
+    reactor = reactor_in_storage = reactor_in_sqlite = 0
     total = 0
     try:
         with open(path) as f:
@@ -596,8 +602,13 @@ def summarise_profile(path: str, top: int = 15) -> str:
                     thread = name.rstrip("-0123456789") or frames[0]
                     frames = frames[1:]
                 threads[thread] += n
-                if thread == "MainThread" and frames and "/yeti/storage.py:" in frames[-1]:
-                    reactor_in_storage += n
+                if thread == "MainThread":
+                    reactor += n
+                    storage = [fr for fr in frames if "yeti/storage.py:" in fr]
+                    if storage:
+                        reactor_in_storage += n
+                    if any(fr.startswith(_SQLITE_WORK) for fr in storage):
+                        reactor_in_sqlite += n
                 total += n
                 if frames:
                     self_time[_short(frames[-1])] += n
@@ -612,8 +623,9 @@ def summarise_profile(path: str, top: int = 15) -> str:
         f"{name} {100 * n / total:.1f}%" for name, n in threads.most_common()
     ))
     lines.append(
-        f"  reactor thread (MainThread) self time in yeti/storage.py: "
-        f"{100 * reactor_in_storage / total:.2f}% of samples"
+        f"  reactor thread (MainThread): {reactor} samples, {reactor_in_sqlite} inside SQLite work"
+        f" ({', '.join(w.strip() for w in _SQLITE_WORK)}),"
+        f" {reactor_in_storage} with yeti/storage.py in the stack"
     )
     lines.append("  self%  frame")
     lines += [f"  {100 * n / total:5.1f}  {frame}" for frame, n in self_time.most_common(top)]

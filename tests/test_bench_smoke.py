@@ -97,3 +97,28 @@ class BenchSmokeTests(unittest.TestCase):
         self.assertEqual(fanout["duplicated"], 0)
         self.assertEqual(fanout["post_errors"], 0)
         self.assertGreater(fanout["msgs_per_s"], 0)
+
+
+class ProfileSummaryTests(unittest.TestCase):
+    """bench/run.py's summary of a py-spy profile (collapsed stacks with thread names)."""
+
+    def test_reactor_sqlite_work_counted(self) -> None:
+        """Reactor-thread samples inside SQLite work are counted; other threads' are not."""
+        sys.path.insert(0, BENCH)
+        self.addCleanup(sys.path.remove, BENCH)
+        import run  # bench/run.py
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                "thread (1): MainThread;doPoll (twisted/x.py:1);"
+                "SQLiteStorage._fetch (yeti/storage.py:463) 5\n"
+                "thread (1): MainThread;_fire (yeti/storage.py:400);render (yeti/rest.py:9) 2\n"
+                "thread (1): MainThread;doPoll (twisted/x.py:1) 7\n"
+                "thread (2): yeti-reader-0;SQLiteStorage._fetch (yeti/storage.py:463) 6\n"
+                "thread (3): yeti-writer /d/a.sqlite3;_Writer._batch (yeti/storage.py:252) 4\n"
+            )
+        summary = run.summarise_profile(path)
+        self.assertIn("threads: MainThread 58.3%, yeti-reader 25.0%, yeti-writer 16.7%", summary)
+        self.assertIn("reactor thread (MainThread): 14 samples, 5 inside SQLite work", summary)
+        self.assertIn("7 with yeti/storage.py in the stack", summary)
