@@ -19,7 +19,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from tests.harness import HERE, MESSAGE_SCHEMA, DaemonTestCase, write_app
-from tests.test_websocket import with_timeout
+from tests.test_websocket import Wakeup, with_timeout
 
 SCRIPT = os.path.join(HERE, "js", "spec_client.mjs")
 TIMEOUT = 10.0
@@ -32,7 +32,7 @@ class NodeScript(ProcessProtocol):
         self.lines: list[list[Any]] = []
         self.stderr = b""
         self._buffer = b""
-        self._waiter: Deferred[None] | None = None
+        self._wakeup = Wakeup()
         self.ended: Deferred[int | None] = Deferred()
         self.exit_code: int | None = None
         self.running = True
@@ -42,7 +42,7 @@ class NodeScript(ProcessProtocol):
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
             self.lines.append(json.loads(line))
-        self._wake()
+        self._wakeup.wake()
 
     def errReceived(self, data: bytes) -> None:
         self.stderr += data
@@ -52,12 +52,7 @@ class NodeScript(ProcessProtocol):
         if reason.check(ProcessDone, ProcessTerminated):
             self.exit_code = reason.value.exitCode
         self.ended.callback(self.exit_code)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.callback(None)
+        self._wakeup.wake()
 
     async def wait_for(self, match: Callable[[list[Any]], bool], what: str) -> list[Any]:
         """The first output line that C{match}es, waiting up to TIMEOUT seconds."""
@@ -74,9 +69,8 @@ class NodeScript(ProcessProtocol):
                     f"node exited ({self.exit_code}) before printing {what}; "
                     f"stdout={self.lines!r} stderr={self.stderr.decode(errors='replace')}"
                 )
-            self._waiter = Deferred()
             try:
-                await with_timeout(self._waiter, max(0.01, deadline - time.monotonic()), what)
+                await self._wakeup.wait(deadline, what)
             except AssertionError:
                 raise AssertionError(
                     f"timed out waiting for {what}; stdout={self.lines!r} "

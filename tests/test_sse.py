@@ -21,6 +21,7 @@ from twisted.web.iweb import IResponse
 from tests.harness import DaemonTestCase, RawClient, write_app
 from tests.test_websocket import (
     TIMEOUT,
+    Wakeup,
     eventually,
     health,
     open_ws,
@@ -43,7 +44,7 @@ class SSEClient(Protocol):
         self.comments: list[str] = []
         self._buffer = b""
         self._cursor = 0
-        self._waiter: Deferred[None] | None = None
+        self._wakeup = Wakeup()
         self.finished: Deferred[None] = Deferred()
         self.ended: Failure | None = None
 
@@ -71,17 +72,12 @@ class SSEClient(Protocol):
         if event:
             event.setdefault("event", "message")
             self.events.append(event)
-            self._wake()
+            self._wakeup.wake()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.ended = reason
         self.finished.callback(None)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.callback(None)
+        self._wakeup.wake()
 
     async def next(self, timeout: float = TIMEOUT, skip_pings: bool = True) -> dict[str, str]:
         """The next event not yet taken (pings skipped unless asked for)."""
@@ -90,9 +86,7 @@ class SSEClient(Protocol):
             while self._cursor >= len(self.events):
                 if self.ended is not None:
                     raise AssertionError(f"stream ended ({self.ended.value!r}) while waiting")
-                self._waiter = Deferred()
-                await with_timeout(self._waiter, max(0.01, deadline - time.monotonic()),
-                                   "an SSE event")
+                await self._wakeup.wait(deadline, "an SSE event")
             event = self.events[self._cursor]
             self._cursor += 1
             if not (skip_pings and event["event"] == "ping"):

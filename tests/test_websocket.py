@@ -79,6 +79,24 @@ def with_timeout(d: Deferred[Any], seconds: float, what: str) -> Deferred[Any]:
     return d.addTimeout(seconds, reactor).addErrback(timed_out)
 
 
+class Wakeup:
+    """Lets a test wait for a test client's next input (or its end)."""
+
+    def __init__(self) -> None:
+        self._waiter: Deferred[None] | None = None
+
+    def wake(self) -> None:
+        """Something arrived, or the peer went away: the waiting test looks again."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    async def wait(self, deadline: float, what: str) -> None:
+        """Wait for the next L{wake}; an AssertionError naming C{what} at C{deadline}."""
+        self._waiter = Deferred()
+        await with_timeout(self._waiter, max(0.01, deadline - time.monotonic()), what)
+
+
 class HandshakeFailed(Exception):
     """The WebSocket opening handshake did not succeed."""
 
@@ -95,7 +113,7 @@ class WSClient(WebSocketClientProtocol):
         super().__init__()
         self.messages: list[Any] = []
         self._cursor = 0
-        self._waiter: Deferred[None] | None = None
+        self._wakeup = Wakeup()
         self.opened: Deferred[WSClient] = Deferred()
         self.closed: Deferred[tuple[bool, int | None, str | None]] = Deferred()
         self.close_info: tuple[bool, int | None, str | None] | None = None
@@ -108,7 +126,7 @@ class WSClient(WebSocketClientProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.messages.append(json.loads(payload))
-        self._wake()
+        self._wakeup.wake()
 
     def onPing(self, payload: bytes) -> None:
         self.pings += 1
@@ -120,12 +138,7 @@ class WSClient(WebSocketClientProtocol):
         if not self.opened.called:
             self.opened.errback(HandshakeFailed(reason))
         self.closed.callback(self.close_info)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.callback(None)
+        self._wakeup.wake()
 
     # -- for tests -------------------------------------------------------
 
@@ -139,9 +152,7 @@ class WSClient(WebSocketClientProtocol):
         while self._cursor >= len(self.messages):
             if self.close_info is not None:
                 raise AssertionError(f"connection closed {self.close_info} while waiting")
-            self._waiter = Deferred()
-            await with_timeout(self._waiter, max(0.01, deadline - time.monotonic()),
-                               "a WebSocket message")
+            await self._wakeup.wait(deadline, "a WebSocket message")
         message = self.messages[self._cursor]
         self._cursor += 1
         return message
