@@ -59,13 +59,12 @@ class HTTPService(service.MultiService):
 def _when_closed(stopped: Deferred[Any], ws: YetiWebSocketFactory, clock: Any) -> Deferred[Any]:
     """Wait (2 s at most) for the WebSocket close handshakes to finish."""
     done: Deferred[None] = Deferred()
-    waited = [0.0]
+    deadline = clock.seconds() + 2.0
 
     def poll() -> None:
-        if not ws.protocols or waited[0] >= 2.0:
+        if not ws.protocols or clock.seconds() >= deadline:
             done.callback(None)
             return
-        waited[0] += 0.05
         clock.callLater(0.05, poll)
 
     poll()
